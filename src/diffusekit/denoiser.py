@@ -1,0 +1,74 @@
+"""The Denoiser: any network + a schedule + a parameterization -> a Prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .parameterization import Coefficients, Parameterization, Prediction, make_parameterization
+from .schedules.base import NoiseSchedule
+from .utils import append_dims
+
+Cond = Any  # class labels (LongTensor (B,)), embeddings, or None
+
+
+class Denoiser(nn.Module):
+    """Wraps ``net(x, c_noise, cond=None) -> F`` so that one call gives x0, eps, v and score.
+
+    Works for any data shape (vectors, sequences, images): coefficients are
+    broadcast with ``append_dims``. Schedule coefficients are computed in
+    float64 when ``t`` is on the CPU (the sampling loop's case) and in ``t``'s
+    own dtype otherwise (training with random per-sample times).
+    """
+
+    def __init__(self, net: nn.Module | None, schedule: NoiseSchedule, parameterization: str | Parameterization = "eps") -> None:
+        super().__init__()
+        self.net = net
+        self.schedule = schedule
+        self.parameterization = (
+            make_parameterization(parameterization) if isinstance(parameterization, str) else parameterization
+        )
+
+    def _time(self, t: float | Tensor, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t)
+        if t.device.type == "cpu":
+            t = t.to(torch.float64)
+            self.schedule.validate_t(t)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        elif t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        return t
+
+    def precondition(self, x: Tensor, t: float | Tensor) -> tuple[Coefficients, Tensor, Tensor, Tensor]:
+        """(coefficients, c_noise, alpha, sigma) at time ``t``, broadcast to ``x`` and in its dtype."""
+        t = self._time(t, x)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        d_alpha = d_sigma = None
+        if self.parameterization.needs_derivatives:
+            d_alpha, d_sigma = self.schedule.dalpha_dsigma(t)
+        coeffs = self.parameterization.coefficients(alpha, sigma, d_alpha, d_sigma)
+        c_noise = self.parameterization.c_noise(self.schedule.model_time(t), alpha, sigma)
+
+        def cast(v: Tensor) -> Tensor:
+            return append_dims(v.to(device=x.device, dtype=x.dtype), x.ndim)
+
+        return (
+            Coefficients(*(cast(c) for c in coeffs)),
+            c_noise.to(device=x.device, dtype=x.dtype),
+            cast(alpha),
+            cast(sigma),
+        )
+
+    def network(self, x_in: Tensor, c_noise: Tensor, cond: Cond = None) -> Tensor:
+        """The raw network output F."""
+        if self.net is None:
+            raise ValueError("this Denoiser has no network")
+        return self.net(x_in, c_noise) if cond is None else self.net(x_in, c_noise, cond)
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction:
+        c, c_noise, alpha, sigma = self.precondition(x, t)
+        f = self.network(c.c_in * x, c_noise, cond)
+        return Prediction(x, alpha, sigma, c.c_skip * x + c.c_out * f, c.e_skip * x + c.e_out * f)

@@ -1,0 +1,203 @@
+"""What a network predicts, and every conversion between predictions, in one place.
+
+A parameterization is a preconditioning in the sense of EDM (Karras et al. 2022,
+sec. 5 and Table 1): the network F sees ``c_in * x_t`` and ``c_noise``, and its
+output is mapped linearly to the clean-data estimate and the noise estimate,
+
+    x0_hat  = c_skip * x_t + c_out * F,        eps_hat = e_skip * x_t + e_out * F.
+
+Both maps are written without dividing by alpha or sigma where the prediction
+type allows it, so v- and velocity-models stay finite at zero terminal SNR
+(alpha = 0) and at the clean end (sigma = 0). Samplers never branch on the
+prediction type: they read ``Prediction.x0`` / ``.eps`` / ``.score`` / ``.v``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model evaluation at (x_t, alpha, sigma), viewed in every parameterization.
+
+    ``alpha`` and ``sigma`` broadcast against ``x_t``. ``eps`` is kept alongside
+    ``x0`` so neither needs a division that may be singular.
+    """
+
+    x_t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    x0: Tensor
+    eps: Tensor
+
+    @property
+    def score(self) -> Tensor:
+        """grad log p_t(x_t) = -eps / sigma (Tweedie; Vincent 2011)."""
+        return -self.eps / self.sigma
+
+    @property
+    def v(self) -> Tensor:
+        """v = alpha * eps - sigma * x0 (Salimans & Ho 2022, sec. 4)."""
+        return self.alpha * self.eps - self.sigma * self.x0
+
+    def velocity(self, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
+        """dx_t/dt along the probability-flow ODE: alpha' x0 + sigma' eps (flow matching)."""
+        return d_alpha * self.x0 + d_sigma * self.eps
+
+    def with_x0(self, x0: Tensor) -> "Prediction":
+        """The same point with a new data estimate (clipping, constraints); eps follows from x_t."""
+        return replace(self, x0=x0, eps=(self.x_t - self.alpha * x0) / self.sigma)
+
+
+class Coefficients(NamedTuple):
+    """The linear maps of one parameterization at one noise level (broadcastable tensors)."""
+
+    c_in: Tensor
+    c_skip: Tensor
+    c_out: Tensor
+    e_skip: Tensor
+    e_out: Tensor
+
+
+class Parameterization(ABC):
+    """Maps a raw network output F to (x0, eps) and a training pair (x0, eps) back to F's target."""
+
+    name: str
+
+    @abstractmethod
+    def coefficients(self, alpha: Tensor, sigma: Tensor, d_alpha: Tensor | None, d_sigma: Tensor | None) -> Coefficients:
+        """(c_in, c_skip, c_out, e_skip, e_out) at the given noise level."""
+
+    needs_derivatives: bool = False
+
+    def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The noise input of the network; the schedule's model time unless overridden."""
+        return model_time
+
+    def target(self, x0: Tensor, eps: Tensor, c: Coefficients, x_t: Tensor) -> Tensor:
+        """The network output that reproduces (x0, eps) exactly: F* = (x0 - c_skip x_t) / c_out,
+        or from the eps map where c_out vanishes."""
+        safe = c.c_out != 0
+        from_x0 = (x0 - c.c_skip * x_t) / torch.where(safe, c.c_out, torch.ones_like(c.c_out))
+        from_eps = (eps - c.e_skip * x_t) / torch.where(safe, torch.ones_like(c.e_out), c.e_out)
+        return torch.where(safe, from_x0, from_eps)
+
+
+def _ones(a: Tensor) -> Tensor:
+    return torch.ones_like(a)
+
+
+class EpsParam(Parameterization):
+    """F predicts the noise eps (Ho et al. 2020, eq. 11): x0 = (x_t - sigma F) / alpha."""
+
+    name = "eps"
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        return Coefficients(_ones(alpha), 1 / alpha, -sigma / alpha, torch.zeros_like(alpha), _ones(alpha))
+
+
+class X0Param(Parameterization):
+    """F predicts the clean data x0: eps = (x_t - alpha F) / sigma."""
+
+    name = "x0"
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        return Coefficients(_ones(alpha), torch.zeros_like(alpha), _ones(alpha), 1 / sigma, -alpha / sigma)
+
+
+class VParam(Parameterization):
+    """F predicts v = alpha eps - sigma x0 (Salimans & Ho 2022).
+
+    Inverting [x_t; v] = [[alpha, sigma], [-sigma, alpha]] [x0; eps]:
+    x0 = (alpha x_t - sigma v) / r^2, eps = (sigma x_t + alpha v) / r^2, r^2 = alpha^2 + sigma^2.
+    """
+
+    name = "v"
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        r2 = alpha**2 + sigma**2
+        return Coefficients(_ones(alpha), alpha / r2, -sigma / r2, sigma / r2, alpha / r2)
+
+
+class ScoreParam(Parameterization):
+    """F predicts the score grad log p_t = -eps / sigma (Song & Ermon 2019)."""
+
+    name = "score"
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        return Coefficients(_ones(alpha), 1 / alpha, sigma**2 / alpha, torch.zeros_like(alpha), -sigma)
+
+
+class VelocityParam(Parameterization):
+    """F predicts the ODE velocity u = alpha' x0 + sigma' eps (flow matching, Lipman et al. 2022).
+
+    Inverting [x_t; u] = [[alpha, sigma], [alpha', sigma']] [x0; eps] with
+    det = alpha sigma' - sigma alpha' (= 1 on the rectified-flow path).
+    """
+
+    name = "velocity"
+    needs_derivatives = True
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        if d_alpha is None or d_sigma is None:
+            raise ValueError("the velocity parameterization needs d_alpha and d_sigma")
+        det = alpha * d_sigma - sigma * d_alpha
+        return Coefficients(_ones(alpha), d_sigma / det, -sigma / det, -d_alpha / det, alpha / det)
+
+
+@dataclass(frozen=True)
+class EDMParam(Parameterization):
+    """EDM-form preconditioning (Karras et al. 2022, Table 1, eq. 7) on any schedule.
+
+    In the scaled coordinates x_hat = x_t / alpha, s = sigma / alpha the network
+    output F gives D = c_skip x_hat + c_out F(c_in x_hat, c_noise). ``kind``
+    picks a column of Table 1:
+
+    - ``edm``: c_skip = sd^2/(s^2+sd^2), c_out = s sd/sqrt(s^2+sd^2),
+      c_in = 1/sqrt(s^2+sd^2), c_noise = log(s)/4 (sd = ``sigma_data``);
+    - ``vp``: c_skip = 1, c_out = -s, c_in = 1/sqrt(s^2+1), c_noise = model time
+      (equals the eps-parameterization on a VP schedule);
+    - ``ve``: c_skip = 1, c_out = s, c_in = 1, c_noise = model time.
+    """
+
+    kind: str = "edm"
+    sigma_data: float = 0.5
+    name = "edm"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("edm", "vp", "ve"):
+            raise ValueError(f"unknown EDM preconditioning kind {self.kind!r}; allowed: edm, vp, ve")
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        s = sigma / alpha
+        if self.kind == "edm":
+            sd = self.sigma_data
+            r = (s**2 + sd**2).sqrt()
+            c_skip, c_out, c_in = sd**2 / r**2, s * sd / r, 1 / r
+        elif self.kind == "vp":
+            c_skip, c_out, c_in = _ones(s), -s, 1 / (s**2 + 1).sqrt()
+        else:
+            c_skip, c_out, c_in = _ones(s), s, _ones(s)
+        # x0 = c_skip x_t / alpha + c_out F and eps = (x_t - alpha x0) / sigma.
+        return Coefficients(c_in / alpha, c_skip / alpha, c_out, (1 - c_skip) / sigma, -c_out / s)
+
+    def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        return 0.25 * torch.log(sigma / alpha) if self.kind == "edm" else model_time
+
+
+PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry("parameterization")
+for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam):
+    PARAMETERIZATIONS.register(_cls.name)(_cls)
+
+
+def make_parameterization(name: str, **kwargs) -> Parameterization:
+    """Build a parameterization by name: eps, x0, v, score, velocity, edm."""
+    return PARAMETERIZATIONS.get(name)(**kwargs)

@@ -1,0 +1,31 @@
+"""Small tensor helpers shared by the whole package."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so ``v`` (shape (B,) or ()) broadcasts against an ``ndim`` tensor."""
+    missing = ndim - v.ndim
+    if missing < 0:
+        raise ValueError(f"cannot broadcast a {v.ndim}-d tensor to {ndim} dims")
+    return v.reshape(*v.shape, *([1] * missing))
+
+
+def as_time(t: float | Tensor, batch: int, like: Tensor) -> Tensor:
+    """A (B,) float64 time tensor on ``like``'s device from a scalar or a (B,) tensor."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    elif t.shape != (batch,):
+        raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+    return t.to(like.device)
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Reject non-integers and values < 1 with a message naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
