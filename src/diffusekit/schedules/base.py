@@ -62,7 +62,7 @@ class NoiseSchedule(ABC):
         Derived here by forward-mode differentiation, so every schedule gets them
         from alpha and sigma alone.
         """
-        t = torch.as_tensor(t)
+        t = torch.as_tensor(t).contiguous()
         d_log_alpha, d_lam = torch.func.jvp(
             lambda s: (self.log_alpha(s), self.log_snr(s)), (t,), (torch.ones_like(t),)
         )[1]
@@ -71,7 +71,7 @@ class NoiseSchedule(ABC):
 
     def dalpha_dsigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """Time derivatives (d alpha/dt, d sigma/dt), for velocity (flow-matching) targets."""
-        t = torch.as_tensor(t)
+        t = torch.as_tensor(t).contiguous()
         return torch.func.jvp(
             lambda s: self.alpha_sigma(s), (t,), (torch.ones_like(t),)
         )[1]

@@ -120,6 +120,10 @@ class FlowSchedule(NoiseSchedule):
     t_min: float = 1e-3
     t_max: float = 1.0
 
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.as_tensor(t)
+        return 1 - t, t.clone()  # direct, so derivatives stay finite at alpha = 0
+
     def log_alpha(self, t: Tensor) -> Tensor:
         return torch.log1p(-t)
 
