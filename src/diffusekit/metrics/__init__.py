@@ -48,7 +48,12 @@ from .inception import (
     preprocess_for_inception,
     quantize_to_uint8,
 )
-from .kernel import KIDResult, kernel_inception_distance, mmd2_unbiased, polynomial_kernel
+from .kernel import (
+    KIDResult,
+    kernel_inception_distance,
+    mmd2_unbiased,
+    polynomial_kernel,
+)
 from .manifold import PrecisionRecall, knn_radii, manifold_coverage, precision_recall
 from .sliced import random_directions, sliced_wasserstein
 

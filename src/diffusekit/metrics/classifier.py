@@ -11,9 +11,7 @@ diffusekit cache folder.
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.images import load_digits, load_fashion_mnist
 from .frechet import default_cache_dir
 
 ArrayLike = np.ndarray | Tensor
@@ -30,7 +29,6 @@ ArrayLike = np.ndarray | Tensor
 #: Bump when the architecture or training recipe changes: old cached weights are then ignored.
 RECIPE_VERSION = 1
 #: Where Debian's ``dataset-fashion-mnist`` package puts the idx files.
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 class Classifier(nn.Module):
@@ -188,49 +186,11 @@ class DigitsSplit(NamedTuple):
 
 def load_digits_split(*, test_fraction: float = 0.25, seed: int = 0) -> DigitsSplit:
     """Load sklearn's 8x8 digits, scale as (v / 16) * 2 - 1 and split reproducibly by ``seed``."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy((bunch.images / 16.0 * 2.0 - 1.0).astype(np.float32))[:, None]
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    images, labels = load_digits()
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
     n_test = int(round(test_fraction * images.shape[0]))
     test, train = perm[:n_test], perm[n_test:]
     return DigitsSplit(images[train], labels[train], images[test], labels[test])
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (optionally gzipped) of unsigned bytes into an array of its shape."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header shape {shape} does not match {data.size} bytes")
-    return data.reshape(shape)
-
-
-def _load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:
-    """Fashion-MNIST ``train``/``test`` as (N, 1, 28, 28) float32 in [-1, 1] and int64 labels."""
-    base = Path(root) if root is not None else FASHION_MNIST_DIR
-    prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}[split]
-    found: list[np.ndarray] = []
-    for kind in ("images-idx3", "labels-idx1"):
-        for suffix in ("-ubyte.gz", "-ubyte"):
-            path = base / f"{prefix}-{kind}{suffix}"
-            if path.is_file():
-                found.append(_read_idx(path))
-                break
-        else:
-            raise FileNotFoundError(
-                f"Fashion-MNIST file {prefix}-{kind}-ubyte(.gz) not found in {base} "
-                "(on Debian: apt-get install dataset-fashion-mnist)")
-    images = torch.from_numpy(found[0].astype(np.float32) / 255.0 * 2.0 - 1.0)[:, None]
-    return images, torch.from_numpy(found[1].astype(np.int64))
 
 
 #: Training settings per dataset; ``epochs`` keeps training at seconds (digits) or minutes (Fashion-MNIST).
@@ -324,7 +284,7 @@ def classifier_features(
         split = load_digits_split()
         images, labels = split.train_images, split.train_labels
     else:
-        images, labels = _load_fashion_mnist("train", data_dir)
+        images, labels = load_fashion_mnist("train", data_dir)
     recipe = _RECIPES[key]
     model = train_classifier(
         images, labels, seed=seed, epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
