@@ -32,7 +32,7 @@ class Denoiser(nn.Module):
         )
 
     def _time(self, t: float | Tensor, x: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
+        t = torch.as_tensor(t, dtype=torch.float64) if isinstance(t, (int, float)) else torch.as_tensor(t)
         if t.device.type == "cpu":
             t = t.to(torch.float64)
             self.schedule.validate_t(t)

@@ -91,13 +91,23 @@ class Constraint(Protocol):
 
 class Solver:
     """One step of a sampler. Subclasses declare ``order`` (the convergence order that
-    the oracle tests check), ``stochastic``, ``nfe_per_step`` and a ``default_grid``."""
+    the oracle tests check), ``stochastic``, ``nfe_per_step`` and a ``default_grid``.
+
+    Adaptive solvers (``nfe_per_step`` NaN) run their own step-size control inside
+    one loop step; ``default_steps`` is the coarse grid they want when none is given.
+    """
 
     name: str = "solver"
     order: int = 1
     stochastic: bool = False
     nfe_per_step: float = 1
     default_grid: str = "uniform_t"
+    default_steps: int = 50
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the NFE is set by an error controller, not by the grid."""
+        return math.isnan(self.nfe_per_step)
 
     def init_state(self, grid: Grid) -> Any:
         return None
@@ -139,13 +149,14 @@ def sample(
 ) -> Solution:
     """Run ``solver`` on ``denoiser`` along a grid, from ``x_T`` (or a prior draw) to data.
 
-    Give either ``grid`` or ``steps`` (then ``solver.default_grid`` is used). Without
+    Give either ``grid`` or ``steps`` (then ``solver.default_grid`` is used; with
+    neither, ``solver.default_steps``). Without
     ``x_T``, ``shape`` (one sample's shape) and ``batch`` give a prior draw from the
     per-sample noise streams of ``seed``.
     """
     schedule = denoiser.schedule
     if grid is None:
-        grid = make_grid(solver.default_grid, schedule, check_positive_int("steps", steps if steps is not None else 50))
+        grid = make_grid(solver.default_grid, schedule, check_positive_int("steps", steps if steps is not None else solver.default_steps))
     elif steps is not None and steps != grid.n_steps:
         raise ValueError(f"steps={steps} disagrees with the given grid's {grid.n_steps} steps")
     if x_T is None:

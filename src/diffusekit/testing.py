@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from .denoiser import Cond, Denoiser
-from .noise import NoiseSource
 from .parameterization import Prediction
 from .schedules.base import NoiseSchedule
 from .utils import append_dims

@@ -1,6 +1,31 @@
-"""Samplers as small solver classes on the one loop (``diffusekit.sample``)."""
+"""Samplers as small solver classes on the one loop (``diffusekit.sample``).
 
+Importing this package registers every solver name in ``SOLVERS`` (for the CLI
+and configs); ``diffusekit solvers`` lists them with their order and NFE per step.
+"""
+
+from .adaptive_ode import Dopri5
 from .ancestral import DDIM, DDPM
 from .base import SOLVERS, make_solver, register
+from .deis import DEIS
+from .dpm_solver import (
+    DPMSolver,
+    DPMSolverAdaptive,
+    DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
+    DPMSolverPP3MSDE,
+    DPMSolverSDE,
+)
+from .multistep import IPNDM, LMS, PLMS
+from .runge_kutta import Euler, EulerAncestral, Heun
+from .sde import PC, AnnealedLangevin, EulerMaruyama, LangevinCorrector, ReverseDiffusion
+from .thresholding import ClipX0, DynamicThreshold, make_thresholding
+from .unipc import UniPC
 
-__all__ = ["DDIM", "DDPM", "SOLVERS", "make_solver", "register"]
+__all__ = [
+    "DDIM", "DDPM", "DEIS", "IPNDM", "LMS", "PC", "PLMS", "SOLVERS", "AnnealedLangevin", "ClipX0", "DPMSolver",
+    "DPMSolverAdaptive", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "DPMSolverPP3MSDE", "DPMSolverSDE",
+    "Dopri5", "DynamicThreshold", "Euler", "EulerAncestral", "EulerMaruyama", "Heun", "LangevinCorrector",
+    "ReverseDiffusion", "UniPC", "make_solver", "make_thresholding", "register",
+]

@@ -1,0 +1,191 @@
+"""UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast
+Sampling of Diffusion Models"), any order, B(h) = h ('bh1') or B(h) = e^h - 1 ('bh2').
+
+UniP-p (the predictor) is the multistep exponential integrator of ``dpm_solver`` on the
+p most recent outputs; UniC-p (the corrector, Alg. 1-2) reuses the model output at the
+predicted point x~_t: the polynomial through the same p outputs *and* M(x~_t) is
+integrated over the step just taken, so the corrected x_t^c = x~_t + c_t * sum_j
+(beta_j^corr - beta_j^pred) M_j costs no model call and raises the order by one.
+The next predictor starts from x_t^c with M(x~_t) as its newest output.
+
+The coefficients solve R_p a = phi_p(h) / B(h) (the paper's eq. 8 / 12); solved
+exactly this is the exact integral of the interpolating polynomial, for which B(h)
+cancels. B(h) matters where UniPC fixes a coefficient instead of solving: a_1 = 1/2
+for UniP-2 and UniC-1 (Zhao et al., sec. 3.2, Table 7), i.e. the first-derivative
+moment becomes B(h) / 2 (bh1: h/2; bh2: (1 - e^{-h})/2 in the data form).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+from ..parameterization import Prediction
+from ..sample import Solver, Step, StepContext
+from ..schedules.grids import Grid
+from .base import register
+from .dpm_solver import (
+    NOISE_FORM_MAX_H,
+    Node,
+    _check_form,
+    _check_order,
+    clean_end,
+    ddim_limit,
+    exp_moments,
+    exp_update,
+    final_step_order,
+    history_nodes,
+    lincomb,
+    lowered_order,
+    quadrature_weights,
+)
+
+
+class UniPCState(NamedTuple):
+    """History (newest first) and the previous predictor step, for the corrector."""
+
+    hist: tuple[Node, ...]
+    n_steps: int
+    prev: tuple[float, int] | None  # (lambda_s, predictor order) of the step just taken
+
+
+def fixed_g1(h: float, data: bool, variant: str) -> float:
+    """The first-derivative moment with UniPC's fixed a_1 = 1/2: B(h) / 2 in the sign
+    convention of ``exp_update`` (data form: hh = -h, noise form: hh = h)."""
+    if variant == "bh1":
+        return 0.5 * h
+    return -0.5 * math.expm1(-h) if data else 0.5 * math.expm1(h)
+
+
+@register
+@dataclass(frozen=True)
+class UniPC(Solver):
+    """UniPC (Zhao et al. 2023): UniP-p predictor + UniC-p corrector, Alg. 2 (multistep).
+
+    ``order`` is the convergence order (the Solver contract): with the corrector the
+    predictor uses order - 1 outputs (UniPC-p in the paper / diffusers'
+    ``solver_order=p`` is ``UniPC(order=p + 1)``); without it, ``order`` outputs.
+    ``variant`` picks B(h): 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1). ``form``
+    'data' is the x0-prediction UniPC (default), 'noise' the eps one. The first step
+    from alpha = 0, ``lower_order_final`` and the clean-end rule (``final_order``) are
+    ``dpm_solver``'s. The corrector is not applied after the last step (it would need
+    a model call at the clean end).
+
+    Defaults: order 4 (UniP-3 + UniC, diffusers' ``solver_order=3``) on a uniform-lambda
+    grid: on the 64-d sharp-mode oracle benchmark it gave the fewest mode switches of
+    all solvers at 8-20 steps with within-mode spread 0.93-1.00x of the truth.
+    """
+
+    order: int = 4
+    variant: str = "bh2"
+    corrector: bool = True
+    form: str = "data"
+    lower_order_final: bool = True
+    final_order: int = 2
+    name = "unipc"
+    stochastic = False
+    nfe_per_step = 1
+    default_grid = "uniform_lambda"
+
+    def __post_init__(self) -> None:
+        low = 2 if self.corrector else 1
+        if (
+            isinstance(self.order, bool)
+            or not isinstance(self.order, int)
+            or not low <= self.order <= 8
+        ):
+            raise ValueError(
+                f"order must be an integer in {low}..8{' with the corrector on' if self.corrector else ''}, "
+                f"got {self.order!r}"
+            )
+        if self.variant not in ("bh1", "bh2"):
+            raise ValueError(
+                f"variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {self.variant!r}"
+            )
+        _check_form(self.form)
+        _check_order(self.final_order, range(1, 4), "final_order")
+
+    @property
+    def predictor_order(self) -> int:
+        return self.order - 1 if self.corrector else self.order
+
+    def init_state(self, grid: Grid) -> Any:
+        return UniPCState((), grid.n_steps, None)
+
+    def _weights(self, nodes: list[float], h: float, data: bool) -> list[float]:
+        g = [h * v for v in exp_moments(-h if data else h, len(nodes))]
+        if len(nodes) == 2:  # UniP-2 / UniC-1: a_1 = 1/2
+            g[1] = fixed_g1(h, data, self.variant)
+        return quadrature_weights(nodes, g)
+
+    def _correct(
+        self, x: Tensor, step: Step, pred: Prediction, state: UniPCState
+    ) -> Tensor:
+        """UniC: x_t^c = x~_t + c_t sum_j (beta^C_j - beta^P_j) M_j over the step s -> t."""
+        lam_s, k = state.prev  # type: ignore[misc]
+        data = self.form == "data"
+        h = step.lam0 - lam_s
+        nodes, outs = history_nodes(state.hist, lam_s, h, k, data)
+        beta_p = self._weights(nodes, h, data)
+        beta_c = self._weights(nodes + [1.0], h, data)
+        c = step.alpha0 if data else -step.sigma0
+        coeffs = [c * (bc - bp) for bc, bp in zip(beta_c, beta_p)] + [c * beta_c[-1]]
+        return lincomb(x, 1.0, coeffs, outs + [pred.x0 if data else pred.eps])
+
+    def step(
+        self, ctx: StepContext, x: Tensor, step: Step, state: Any
+    ) -> tuple[Tensor, None, Any]:
+        pred = ctx.model(x, step.t0)
+        if step.alpha0 == 0.0:
+            return ddim_limit(step, pred), None, UniPCState((), state.n_steps, None)
+        if self.corrector and state.prev is not None:
+            x = self._correct(x, step, pred, state)
+        lam0 = step.lam0
+        hist = (Node.of(pred, lam0),) + state.hist[: max(self.order, self.final_order)]
+        if step.to_zero:
+            k = final_step_order(
+                self.final_order, state.n_steps, self.lower_order_final
+            )
+            return clean_end(x, step, hist, k), None, state
+        h = step.lam1 - lam0
+        k = lowered_order(
+            self.predictor_order,
+            len(hist) - 1,
+            step,
+            state.n_steps,
+            self.lower_order_final,
+        )
+        data = self.form == "data"
+        if (
+            not data and h > NOISE_FORM_MAX_H
+        ):  # first order, and no corrector over this step
+            x_next = exp_update(
+                x,
+                step.alpha0,
+                step.sigma0,
+                step.alpha1,
+                step.sigma1,
+                h,
+                [0.0],
+                [pred.eps],
+                False,
+            )
+            return x_next, None, UniPCState(hist, state.n_steps, None)
+        nodes, outs = history_nodes(hist, lam0, h, k, data)
+        g1 = fixed_g1(h, data, self.variant) if k == 2 else None
+        x_next = exp_update(
+            x,
+            step.alpha0,
+            step.sigma0,
+            step.alpha1,
+            step.sigma1,
+            h,
+            nodes,
+            outs,
+            data,
+            g1=g1,
+        )
+        return x_next, None, UniPCState(hist, state.n_steps, (lam0, k))
