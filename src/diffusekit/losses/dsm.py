@@ -1,0 +1,120 @@
+"""Denoising score matching in one form (Vincent 2011; Ho et al. 2020; Song et al. 2021; Karras et al. 2022).
+
+Per sample, with t ~ p(t), eps ~ N(0, I), x_t = alpha(t) x0 + sigma(t) eps and the
+network called once on the preconditioned input,
+
+    loss = w(t) * J(t) * ||F_theta(c_in x_t, c_noise) - F*||^2 / D,
+    F*   = Parameterization.target(x0, eps),
+
+where J = c_out^2 or e_out^2 is the exact Jacobian factor that turns the error in F's
+space into the error in the weighting's canonical space (x0 or eps; see ``weighting.py``).
+The time distribution p(t) and the weighting w are separate choices; with
+``importance=True`` the loss is divided by p(t), so its expectation is the integral
+int w(t) E||.||^2 dt over [t_min, t_max] whatever p is (an importance-sampled estimate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Cond, Denoiser
+from ..parameterization import Coefficients
+from ..schedules.base import NoiseSchedule
+from ..utils import append_dims
+from .time_sampling import TimeSampler, make_time_sampler
+from .weighting import Weighting, make_weighting
+
+
+class LossOutput(NamedTuple):
+    """The batch loss (0-d), the per-sample losses (B,) and the times they were drawn at (B,)."""
+
+    loss: Tensor
+    per_sample: Tensor
+    t: Tensor
+
+
+def loss_scale(
+    weighting: Weighting, coeffs: Coefficients, t: Tensor, schedule: NoiseSchedule, ndim: int, dtype: torch.dtype
+) -> Tensor:
+    """w(t) times the Jacobian factor |c_out|^2 (x0 space) or |e_out|^2 (eps space), broadcast to ``ndim``."""
+    w = append_dims(weighting.weight(t, schedule).to(device=coeffs.c_out.device, dtype=dtype), ndim)
+    jac = coeffs.c_out if weighting.space == "x0" else coeffs.e_out
+    return w * jac.to(dtype) ** 2
+
+
+def weighted_error(
+    f: Tensor, target: Tensor, coeffs: Coefficients, t: Tensor, schedule: NoiseSchedule, weighting: str | Weighting
+) -> Tensor:
+    """Per-sample w(t) J(t) ||f - target||^2 / D for a given network output ``f`` (B, ...)."""
+    weighting = make_weighting(weighting)
+    scale = loss_scale(weighting, coeffs, t, schedule, f.ndim, f.dtype)
+    return (scale * (f - target) ** 2).flatten(1).mean(1)
+
+
+def dsm_loss(
+    denoiser: Denoiser,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    weighting: str | Weighting = "eps",
+    cond: Cond = None,
+) -> Tensor:
+    """Per-sample DSM losses (B,) for given times ``t`` (B,) and noise ``noise`` (like ``x0``).
+
+    The network is evaluated once, on ``c_in * x_t`` and ``c_noise`` from ``denoiser.precondition``.
+    Its output is cast to ``x0``'s dtype, so bf16 autocast only affects the network.
+    """
+    schedule = denoiser.schedule
+    t = t.to(x0.device)
+    x_t = schedule.add_noise(x0, t, noise)
+    coeffs, c_noise, _, _ = denoiser.precondition(x_t, t)
+    f = denoiser.network(coeffs.c_in * x_t, c_noise, cond).to(x0.dtype)
+    target = denoiser.parameterization.target(x0, noise, coeffs, x_t)
+    return weighted_error(f, target, coeffs, t, schedule, weighting)
+
+
+@dataclass(frozen=True)
+class DSMLoss:
+    """Denoising score matching with a time distribution and a weighting chosen independently.
+
+    ``time``: uniform, stratified, antithetic, lognormal, discrete or a ``TimeSampler``;
+    ``weighting``: eps, snr, min_snr, v, velocity, edm, likelihood or a ``Weighting``.
+    ``importance`` divides by p(t) (the loss then estimates int w(t) E||err||^2 dt).
+    ``label_dropout`` replaces integer labels by ``null_label`` with that probability,
+    for classifier-free guidance (Ho & Salimans 2022).
+    Random draws, in order: t (B variates), eps (like x0), then the label-dropout mask,
+    all from ``generator``.
+    """
+
+    weighting: str | Weighting = "eps"
+    time: str | TimeSampler = "uniform"
+    importance: bool = False
+    label_dropout: float = 0.0
+    null_label: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weighting", make_weighting(self.weighting))
+        object.__setattr__(self, "time", make_time_sampler(self.time))
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout > 0 and self.null_label is None:
+            raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
+
+    def __call__(
+        self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None
+    ) -> LossOutput:
+        schedule = denoiser.schedule
+        time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
+        t = self.time(x0.shape[0], schedule, generator, x0.device, time_dtype)  # type: ignore[operator]
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if self.label_dropout > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
+            drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.label_dropout
+            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)  # type: ignore[arg-type]
+        per_sample = dsm_loss(denoiser, x0, t, noise, self.weighting, cond)
+        if self.importance:
+            per_sample = per_sample / self.time.density(t, schedule).to(per_sample)  # type: ignore[union-attr]
+        return LossOutput(per_sample.mean(), per_sample, t)
