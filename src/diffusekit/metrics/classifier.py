@@ -301,6 +301,15 @@ class Confidence(NamedTuple):
     histogram: np.ndarray
 
 
+def confidence_from_probs(probs: Tensor, num_classes: int) -> Confidence:
+    """Mean top-class probability and predicted-class counts from (N, classes) probabilities."""
+    if probs.shape[0] == 0:
+        raise ValueError("no samples")
+    conf, pred = probs.double().max(dim=1)
+    hist = np.bincount(pred.cpu().numpy(), minlength=num_classes).astype(np.int64)
+    return Confidence(float(conf.mean()), hist)
+
+
 @torch.no_grad()
 def classifier_confidence(classifier: Classifier, samples: ArrayLike, batch_size: int = 1024) -> Confidence:
     """Mean max softmax probability of ``samples`` and the histogram (counts) of predicted classes.
@@ -309,17 +318,20 @@ def classifier_confidence(classifier: Classifier, samples: ArrayLike, batch_size
     Inception Score rewards (Salimans et al. 2016); this reports both parts.
     """
     x = _as_image_tensor(samples)
-    if x.shape[0] == 0:
-        raise ValueError("no samples")
-    top: list[Tensor] = []
-    preds: list[Tensor] = []
-    for i in range(0, x.shape[0], batch_size):
-        probs = torch.softmax(classifier.logits(x[i:i + batch_size]).double(), dim=1).cpu()
-        conf, pred = probs.max(dim=1)
-        top.append(conf)
-        preds.append(pred)
-    hist = np.bincount(torch.cat(preds).numpy(), minlength=classifier.num_classes).astype(np.int64)
-    return Confidence(float(torch.cat(top).mean()), hist)
+    probs = [torch.softmax(classifier.logits(x[i:i + batch_size]).double(), dim=1).cpu() for i in range(0, x.shape[0], batch_size)]
+    return confidence_from_probs(torch.cat(probs) if probs else torch.empty(0, classifier.num_classes), classifier.num_classes)
+
+
+def logistic_digits_confidence(samples: ArrayLike) -> Confidence:
+    """The demo's recognisability figure: a scikit-learn logistic regression trained on all
+    real 8x8 digits (pixels 0..16) scores samples in [-1, 1] (clipped, mapped back to 0..16)."""
+    from sklearn.linear_model import LogisticRegression
+
+    images, labels = load_digits()
+    clf = LogisticRegression(max_iter=5000).fit(((images + 1) * 8).flatten(1).numpy(), labels.numpy())
+    x = _as_image_tensor(samples).clamp(-1, 1)
+    probs = torch.from_numpy(clf.predict_proba(((x + 1) * 8).flatten(1).double().numpy()))
+    return confidence_from_probs(probs, 10)
 
 
 class InceptionScore(NamedTuple):

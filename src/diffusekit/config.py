@@ -1,0 +1,194 @@
+"""Run configurations: frozen dataclasses, TOML on disk, named presets, ``key=value`` overrides.
+
+Names inside a config (schedule, parameterization, weighting, solver, model
+preset) stay strings here; ``pipeline`` maps them to classes at the edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz)."""
+
+    name: str = "digits"
+    batch_size: int = 128
+    flip: bool = False
+    image_size: int | None = None
+    channels: int | None = None
+    num_samples: int = 20_000  # toy data only
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network family (``unet`` or ``mlp``), size preset (tiny/small/base) and class conditioning."""
+
+    kind: str = "unet"
+    preset: str = "tiny"
+    class_conditional: bool = False
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The process and the loss: schedule, parameterization, p(t) and w(lambda), chosen independently."""
+
+    schedule: str = "edm"
+    parameterization: str = "edm"
+    time_sampling: str = "lognormal"
+    weighting: str = "edm"
+    label_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, warm-up, clipping, EMA and precision."""
+
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_half_life: float = 200.0
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Defaults for sampling from a trained run (``diffusekit sample`` can override them)."""
+
+    solver: str = "dpm_solver"
+    nfe: int = 15
+    grid: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; saved as ``config.toml`` in the run folder."""
+
+    name: str = "digits"
+    steps: int = 2000
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_every: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    # ---- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A nested dict without None values (TOML has no null)."""
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return _build(cls, d, "config")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        return cls.from_dict(tomllib.loads(p.read_text()))
+
+    def with_overrides(self, assignments: list[str] | tuple[str, ...]) -> "RunConfig":
+        """Apply ``section.key=value`` assignments (values parsed as TOML literals, else strings)."""
+        d = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            key, raw = item.split("=", 1)
+            parts = key.strip().split(".")
+            target = d
+            for p in parts[:-1]:
+                if not isinstance(target.get(p, {}), dict):
+                    raise ValueError(f"{key!r}: {p!r} is not a section")
+                target = target.setdefault(p, {})
+            target[parts[-1]] = parse_value(raw.strip())
+        return RunConfig.from_dict(d)
+
+
+def parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a table, got {d!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(known)}")
+    kwargs = {}
+    for name, value in d.items():
+        sub = _nested_type(cls, name)
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub is not None else value
+    return cls(**kwargs)
+
+
+def _nested_type(cls: type, name: str) -> type | None:
+    default = {f.name: f for f in fields(cls)}[name]
+    if default.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        probe = default.default_factory()  # type: ignore[misc]
+        return type(probe) if is_dataclass(probe) else None
+    return None
+
+
+PRESETS: dict[str, RunConfig] = {
+    "toy2d": RunConfig(
+        name="toy2d",
+        steps=3000,
+        data=DataConfig(name="mixture", batch_size=512),
+        model=ModelConfig(kind="mlp", preset="tiny"),
+        optim=OptimConfig(lr=2e-3, warmup_steps=100, ema_half_life=300.0),
+    ),
+    "digits": RunConfig(name="digits", steps=2000),
+    "fashion": RunConfig(
+        name="fashion",
+        steps=30_000,
+        checkpoint_every=1000,
+        data=DataConfig(name="fashion", batch_size=64),
+        model=ModelConfig(kind="unet", preset="small"),
+        optim=OptimConfig(lr=5e-4, warmup_steps=500, ema_half_life=2000.0),
+    ),
+}
+
+
+def load_config(name_or_path: str) -> RunConfig:
+    """A preset by name or a TOML file by path; unknown names list the presets."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return RunConfig.from_toml(p)
+    raise ValueError(f"unknown preset {name_or_path!r}; allowed: {', '.join(PRESETS)} or a path to a .toml file")
+
+
+__all__ = [
+    "DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "PRESETS", "RunConfig", "SamplingConfig",
+    "load_config",
+]
