@@ -18,14 +18,10 @@ Run: ``python benchmarks/likelihood_vs_anchors.py`` (writes benchmarks/results/l
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import math
-import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -34,34 +30,8 @@ import diffusekit as dk
 from diffusekit.likelihood import ode_log_likelihood
 from diffusekit.testing import GaussianMixture
 
-
-def load_k_diffusion_sampling() -> types.ModuleType | None:
-    """Import k_diffusion.sampling alone (its package __init__ pulls in unrelated extras)."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or spec.origin is None:
-        return None
-    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
-    saved = {n: sys.modules.get(n) for n in names}
-    stand_ins = [types.ModuleType(n) for n in names]
-    stand_ins[0].transforms = stand_ins[1]  # type: ignore[attr-defined]
-    stand_ins[1].functional = stand_ins[2]  # type: ignore[attr-defined]
-    for n, m in zip(names, stand_ins):
-        sys.modules.setdefault(n, m)
-    if "k_diffusion" not in sys.modules:
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = [os.path.dirname(spec.origin)]  # type: ignore[attr-defined]
-        sys.modules["k_diffusion"] = pkg
-    try:
-        return importlib.import_module("k_diffusion.sampling")
-    except ImportError as e:  # e.g. torchsde missing
-        print(f"k-diffusion unavailable: {e}", file=sys.stderr)
-        return None
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchors import load_k_diffusion_sampling  # noqa: E402
 
 
 def make_problem(dim: int, components: int, n: int, seed: int) -> tuple[GaussianMixture, GaussianMixture, torch.Tensor, torch.Tensor]:
