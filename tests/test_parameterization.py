@@ -101,3 +101,27 @@ def test_denoiser_rejects_bad_time() -> None:
         dk.Denoiser(None, dk.VPSchedule(), "noise")
     with pytest.raises(ValueError, match="unknown EDM preconditioning kind 'xx'"):
         EDMParam(kind="xx")
+
+
+@pytest.mark.parametrize("param", sorted(PARAMETERIZATIONS.names()))
+def test_shared_time_path_equals_per_sample_times(param: str) -> None:
+    """A Python-number t (the sampling loop's cached float64 path) gives what a (B,) time tensor gives."""
+    from .conftest import all_schedules
+
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3).double()
+
+    def net(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return lin(x) + 0.1 * torch.tanh(c)[:, None]
+
+    for name, schedule in all_schedules().items():
+        d = dk.Denoiser(net, schedule, param)
+        x = torch.randn(4, 3, dtype=torch.float64)
+        ts = torch.linspace(schedule.t_max, schedule.t_min, 5, dtype=torch.float64)[1:]  # alpha > 0 for every kind
+        d.cache_times(ts[:2])  # half pre-computed in one call, half computed on first use
+        for t in ts.tolist():
+            shared, per_sample = d(x, t), d(x, torch.full((4,), t, dtype=torch.float64))
+            for a, b in ((shared.x0, per_sample.x0), (shared.eps, per_sample.eps)):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"{name}, {param}, t={t}")
+    with pytest.raises(ValueError, match="outside"):
+        d(x, schedule.t_max * 2)

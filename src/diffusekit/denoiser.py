@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,9 +31,10 @@ class Denoiser(nn.Module):
         self.parameterization = (
             make_parameterization(parameterization) if isinstance(parameterization, str) else parameterization
         )
+        self._scalar_cache: dict[float, tuple[float, ...]] = {}
 
     def _time(self, t: float | Tensor, x: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64) if isinstance(t, (int, float)) else torch.as_tensor(t)
+        t = torch.as_tensor(t)
         if t.device.type == "cpu":
             t = t.to(torch.float64)
             self.schedule.validate_t(t)
@@ -42,8 +44,42 @@ class Denoiser(nn.Module):
             raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
-    def precondition(self, x: Tensor, t: float | Tensor) -> tuple[Coefficients, Tensor, Tensor, Tensor]:
-        """(coefficients, c_noise, alpha, sigma) at time ``t``, broadcast to ``x`` and in its dtype."""
+    def cache_times(self, t: Tensor | Sequence[float]) -> None:
+        """Compute the coefficient numbers at these times in one vectorised schedule call and keep them.
+
+        The sampling loop calls this with its grid, so a step costs no schedule arithmetic.
+        Schedules and parameterizations are immutable, so kept values never go stale.
+        """
+        tt = torch.as_tensor(t, dtype=torch.float64).flatten().cpu()
+        self.schedule.validate_t(tt)
+        alpha, sigma = self.schedule.alpha_sigma(tt)
+        d_alpha = d_sigma = None
+        if self.parameterization.needs_derivatives:
+            d_alpha, d_sigma = self.schedule.dalpha_dsigma(tt)
+        coeffs = self.parameterization.coefficients(alpha, sigma, d_alpha, d_sigma)
+        c_noise = self.parameterization.c_noise(self.schedule.model_time(tt), alpha, sigma)
+        columns = [torch.as_tensor(v, dtype=torch.float64).expand(tt.shape) for v in (*coeffs, c_noise, alpha, sigma)]
+        rows = torch.stack(columns, 1).tolist()
+        if len(self._scalar_cache) + len(rows) > 65_536:
+            self._scalar_cache.clear()
+        self._scalar_cache.update(zip(tt.tolist(), map(tuple, rows)))
+
+    def _scalar_coefficients(self, t: float) -> tuple[float, ...]:
+        """(c_in, c_skip, c_out, e_skip, e_out, c_noise, alpha, sigma) at one time, as float64 numbers."""
+        if t not in self._scalar_cache:
+            self.cache_times([t])
+        return self._scalar_cache[t]
+
+    def precondition(
+        self, x: Tensor, t: float | Tensor
+    ) -> tuple[Coefficients, Tensor, Tensor | float, Tensor | float]:
+        """(coefficients, c_noise, alpha, sigma) at time ``t``, broadcastable to ``x`` and in its dtype.
+
+        For a Python-number ``t`` the coefficients, alpha and sigma are float64 numbers.
+        """
+        if isinstance(t, (int, float)):
+            *c, c_noise, alpha, sigma = self._scalar_coefficients(float(t))
+            return Coefficients(*c), torch.full((x.shape[0],), c_noise, dtype=x.dtype, device=x.device), alpha, sigma
         t = self._time(t, x)
         alpha, sigma = self.schedule.alpha_sigma(t)
         d_alpha = d_sigma = None
@@ -71,4 +107,6 @@ class Denoiser(nn.Module):
     def forward(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction:
         c, c_noise, alpha, sigma = self.precondition(x, t)
         f = self.network(c.c_in * x, c_noise, cond)
+        if not isinstance(alpha, Tensor):  # one shared time: 0-d coefficients in x's dtype
+            alpha, sigma = x.new_tensor(alpha), x.new_tensor(sigma)
         return Prediction(x, alpha, sigma, c.c_skip * x + c.c_out * f, c.e_skip * x + c.e_out * f)

@@ -185,6 +185,7 @@ def sample(
         counter["stream"] += 1
         return noise_src.normal(counter["stream"], x.shape[1:], x.dtype)
 
+    denoiser.cache_times(grid.t[grid.sigma > 0])  # every grid point's coefficients in one call
     ctx = StepContext(model, schedule, noise)
     state = solver.init_state(grid)
     traj = [x] if save_trajectory else []
