@@ -25,6 +25,7 @@ from diffusekit.metrics import (
     classifier_accuracy,
     classifier_confidence,
     classifier_features,
+    classifier_frechet_distance,
     compute_features,
     compute_stats,
     default_cache_dir,
@@ -211,6 +212,24 @@ def test_classifier_feature_frechet_halves_vs_noise(digits_classifier: classifie
     sn = compute_stats(digits_classifier, noise, progress=False)
     assert sa.dim == 128
     assert frechet_distance(sa, sb) * 20 < frechet_distance(sa, sn)
+
+
+def test_classifier_frechet_distance_vs_real_digits(digits_classifier: classifier_module.Classifier) -> None:
+    cache = digits_classifier.cache_dir  # type: ignore[attr-defined]
+    split = load_digits_split()
+    real = torch.cat([split.train_images, split.test_images])
+    fd_real = classifier_frechet_distance(real, cache_dir=cache)  # default reference: the same 1,797 digits
+    assert fd_real < 1e-6
+    fd_test = classifier_frechet_distance(split.test_images, cache_dir=cache)
+    noise = torch.randn(split.test_images.shape, generator=torch.Generator().manual_seed(0))
+    fds = [classifier_frechet_distance((split.test_images + s * noise).clamp(-1, 1), cache_dir=cache)
+           for s in (0.2, 0.5, 1.0)]
+    assert fd_test < fds[0] < fds[1] < fds[2]
+    a, b = split.test_images, split.train_images
+    assert classifier_frechet_distance(a, real=b, cache_dir=cache) == pytest.approx(
+        classifier_frechet_distance(b, real=a, cache_dir=cache), rel=1e-9)
+    with pytest.raises(ValueError, match="no classifier for dataset 'cifar'"):
+        classifier_frechet_distance(a, "cifar", cache_dir=cache)
 
 
 def test_classifier_cache_round_trip(digits_classifier: classifier_module.Classifier,

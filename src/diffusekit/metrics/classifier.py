@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.images import load_digits, load_fashion_mnist
-from .frechet import default_cache_dir
+from .frechet import compute_stats, default_cache_dir, frechet_distance
 
 ArrayLike = np.ndarray | Tensor
 
@@ -292,6 +292,31 @@ def classifier_features(
         num_classes=10, name=f"classifier_{key}_v{RECIPE_VERSION}_seed{seed}", progress=progress)
     save_classifier(model, path)
     return model
+
+
+def classifier_frechet_distance(
+    samples: ArrayLike,
+    dataset_name: str = "digits",
+    *,
+    real: ArrayLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> float:
+    """Frechet distance between ``samples`` and real images in the dataset classifier's feature space.
+
+    d^2 = |mu_s - mu_r|^2 + tr(S_s + S_r - 2 (S_s S_r)^{1/2}) between Gaussian fits of the
+    penultimate features of :func:`classifier_features` (the FID formula of Heusel et al.
+    2017 with the small dataset classifier in place of Inception). ``samples`` and ``real``
+    are (N, C, H, W) in [-1, 1]; ``real`` defaults to all 1,797 sklearn digits for
+    ``digits`` and to the Fashion-MNIST test split for ``fashion_mnist``.
+    """
+    key = _dataset_key(dataset_name)
+    classifier = classifier_features(key, cache_dir, seed=seed)
+    if real is None:
+        real = load_digits()[0] if key == "digits" else load_fashion_mnist("test")[0]
+    stats = [compute_stats(classifier, _as_image_tensor(x), batch_size, progress=False) for x in (samples, real)]
+    return frechet_distance(stats[0], stats[1])
 
 
 class Confidence(NamedTuple):
