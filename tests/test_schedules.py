@@ -111,7 +111,7 @@ def test_add_noise_broadcasts_any_shape(schedule: dk.NoiseSchedule) -> None:
     torch.testing.assert_close(out, alpha[:, None, None, None].float() * x0)
 
 
-@pytest.mark.parametrize("name", ["uniform_t", "quadratic_t", "uniform_lambda", "karras"])
+@pytest.mark.parametrize("name", ["uniform_t", "quadratic_t", "uniform_lambda", "karras", "tuned_lambda", "tuned_warp"])
 def test_grids_are_decreasing_with_clean_end(schedule: dk.NoiseSchedule, name: str) -> None:
     for n in (1, 2, 3, 10, 57):
         g = dk.make_grid(name, schedule, n)

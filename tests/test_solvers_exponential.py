@@ -218,7 +218,7 @@ def test_full_run_to_the_clean_end_converges(solver: dk.Solver, name: str) -> No
     x_T = mix.sample(32, seed=2, t=schedule.t_max)
     ref = mix.ode_solution(x_T, schedule.t_max)
     errors = [
-        (dk.sample(mix, solver, x_T, steps=n, progress=False).x - ref)
+        (dk.sample(mix, solver, x_T, grid=dk.make_grid("uniform_lambda", schedule, n), progress=False).x - ref)
         .pow(2)
         .mean()
         .sqrt()
@@ -328,8 +328,9 @@ def test_sde_solver_limits() -> None:
     mix = smooth_mixture(schedule, dim=2)
     x_T = mix.sample(6, seed=5, t=1.0)
     # eta = 0 is DPM-Solver++(kM)
-    a = dk.sample(mix, DPMSolverSDE(order=3, eta=0.0), x_T, steps=10, progress=False).x
-    b = dk.sample(mix, DPMSolver(order=3), x_T, steps=10, progress=False).x
+    grid = dk.make_grid("uniform_lambda", schedule, 10)
+    a = dk.sample(mix, DPMSolverSDE(order=3, eta=0.0), x_T, grid=grid, progress=False).x
+    b = dk.sample(mix, DPMSolver(order=3), x_T, grid=grid, progress=False).x
     torch.testing.assert_close(a, b)
     # order 1, eta = 1 is DDPM's posterior step, drawing the same noise stream
     grid = dk.make_grid("uniform_t", schedule, 10)

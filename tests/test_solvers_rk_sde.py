@@ -316,7 +316,7 @@ def test_noise_is_drawn_only_when_used() -> None:
     assert count_noise(runge_kutta.EulerAncestral(eta=0.0), mix, 6)[0] == 0
     # Churn draws once per step inside [S_tmin, S_tmax] (EDM: sigma = t).
     assert count_noise(runge_kutta.Heun(S_churn=10.0, S_tmin=0.05, S_tmax=50.0), mix, 10)[0] == sum(
-        0.05 <= s <= 50.0 for s in dk.make_grid("karras", mix.schedule, 10).sigma[:-1].tolist()
+        0.05 <= s <= 50.0 for s in dk.make_grid(runge_kutta.Heun.default_grid, mix.schedule, 10).sigma[:-1].tolist()
     )
     # One draw per move; none on the final jump to clean data.
     assert count_noise(dk.make_solver("euler_ancestral"), mix, 8) == (7, 8)

@@ -191,7 +191,7 @@ def sample(
     traj = [x] if save_trajectory else []
     ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
     n = grid.n_steps
-    for i in tqdm(range(n), desc=solver.name, disable=not progress, leave=False):
+    for i in tqdm(range(n), desc=solver.name, leave=False) if progress else range(n):
         st = Step(i, ts[i], ts[i + 1], alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], n - i)
         x, _, state = solver.step(ctx, x, st, state)
         for c in constraints:

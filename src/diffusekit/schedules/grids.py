@@ -9,7 +9,7 @@ final step uses alpha_bar = 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,11 +109,13 @@ def _lambda_ramp(
     t_end: float | None,
     to_zero: bool,
     ramp: Callable[[Tensor, Tensor, Tensor], Tensor],
+    snap_end: bool = True,
 ) -> Grid:
     """Points placed by ``ramp(lam_start, lam_end, u)`` in log-SNR.
 
     Where lambda(t_max) = -inf (zero terminal SNR) the first point stays at t_max
-    and the ramp starts one uniform-t step below it.
+    and the ramp starts one uniform-t step below it. ``snap_end``: the last point is
+    exactly t_end (the ramp ends at lambda(t_end)).
     """
     lo, hi = _span(schedule, t_end)
     u = _points(n_steps, to_zero)
@@ -128,7 +130,8 @@ def _lambda_ramp(
     lam = schedule.log_snr(torch.tensor([t_start, lo], dtype=torch.float64))
     t = schedule.t_of_log_snr(ramp(lam[0], lam[1], u))
     t[0] = t_start
-    t[-1] = lo if len(u) > 1 else t_start
+    if snap_end:
+        t[-1] = lo if len(u) > 1 else t_start
     return Grid.from_times(schedule, torch.cat([head, t]), to_zero)
 
 
@@ -156,6 +159,96 @@ def karras(
         return -rho * torch.log(a + u * (b - a))
 
     return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp)
+
+
+TUNED_WARP: tuple[float, ...] = (0.0, 0.1736, 0.355, 0.436, 0.501, 0.6318, 0.7415, 0.836, 1.0)
+"""Knots of the ``tuned_lambda`` warp at u = 0, 1/8, ..., 1 (fitted by ``benchmarks/grid_search.py``)."""
+
+TUNED_TABLE: dict[int, tuple[float, ...]] = {
+    5: (0.0, 0.3482, 0.4338, 0.5013, 0.6684),
+    6: (0.0, 0.362, 0.3915, 0.4692, 0.4938, 0.668),
+    7: (0.0, 0.2877, 0.3901, 0.4654, 0.4816, 0.6234, 0.7566),
+    8: (0.0, 0.2721, 0.3857, 0.429, 0.5272, 0.6801, 0.7373, 0.8773),
+    9: (0.0, 0.1639, 0.2936, 0.3803, 0.45, 0.5567, 0.6864, 0.7706, 0.9454),
+    10: (0.0, 0.1727, 0.2803, 0.3784, 0.4516, 0.5902, 0.6816, 0.8032, 0.8902, 0.9987),
+    11: (0.0, 0.147, 0.3253, 0.3923, 0.4475, 0.5114, 0.6106, 0.6733, 0.8094, 0.8984, 0.9992),
+    12: (0.0, 0.3359, 0.3853, 0.4302, 0.4842, 0.5066, 0.5547, 0.6156, 0.6548, 0.7498, 0.8976, 0.9989),
+    13: (0.0, 0.2831, 0.3755, 0.42, 0.4649, 0.4919, 0.5269, 0.5804, 0.6391, 0.6917, 0.8067, 0.8989, 0.9986),  # rows 12, 14 averaged
+    14: (0.0, 0.2484, 0.3668, 0.4092, 0.4561, 0.4786, 0.4978, 0.5484, 0.6038, 0.6723, 0.7156, 0.8636, 0.8943, 0.9983),
+    15: (0.0, 0.2183, 0.3524, 0.4164, 0.4439, 0.4864, 0.5093, 0.5637, 0.6244, 0.6782, 0.7415, 0.7879, 0.8505, 0.9117, 0.9674),
+    16: (0.0, 0.2513, 0.3594, 0.4155, 0.4559, 0.4841, 0.5072, 0.5532, 0.6067, 0.6538, 0.7021, 0.7733, 0.8094, 0.8629, 0.9144, 0.9988),
+}
+"""Per-step-count log-SNR fractions of ``tuned_lambda`` (first 0; a last one < 1 stops above
+t_end and leaves the rest to the clean-end step), fitted with UniPC one count at a time
+(row 13: rows 12 and 14 resampled and averaged; it beat the warp on the training mixtures):
+few-step grids spend one long step at high noise, cluster their calls where the modes
+separate and skip the low-noise end."""
+
+
+def lambda_warp(u: Tensor, warp: Sequence[float]) -> Tensor:
+    """The piecewise-linear increasing map [0, 1] -> [0, 1] through (k / K, warp[k])."""
+    w = torch.as_tensor(warp, dtype=torch.float64)
+    if w.ndim != 1 or w.numel() < 2 or float(w[0]) != 0.0 or float(w[-1]) != 1.0 or not bool((w[1:] > w[:-1]).all()):
+        raise ValueError(f"warp must increase strictly from 0 to 1 with at least two knots, got {list(warp)}")
+    return _interp(u, w)
+
+
+def _interp(u: Tensor, values: Tensor) -> Tensor:
+    """Piecewise-linear interpolation through (k / K, values[k]), k = 0..K, at u in [0, 1]."""
+    pos = u * (values.numel() - 1)
+    k = pos.floor().clamp(0, values.numel() - 2).long()
+    return values[k] + (pos - k) * (values[k + 1] - values[k])
+
+
+@GRIDS.register("tuned_lambda")
+def tuned_lambda(
+    schedule: NoiseSchedule,
+    n_steps: int,
+    *,
+    warp: Sequence[float] | None = None,
+    fractions: Sequence[float] | None = None,
+    t_end: float | None = None,
+    to_zero: bool = True,
+) -> Grid:
+    """Log-SNR points lambda_i = lambda_a + f_i (lambda_b - lambda_a) between t_max (a) and
+    t_end (b), with f_i = w(i / (n - 1)) for the piecewise-linear ``lambda_warp`` through
+    ``warp`` (identity = ``uniform_lambda``), or f_i = ``fractions[i]`` given per point.
+
+    Defaults: the fitted ``TUNED_TABLE`` row for this step count if there is one (grids
+    ending at the clean end), else the fitted ``TUNED_WARP``. Both were fitted by
+    ``benchmarks/grid_search.py`` on sharp Gaussian mixtures other than the benchmark's;
+    being fractions of the log-SNR span they apply to any schedule.
+    """
+    if warp is not None and fractions is not None:
+        raise ValueError("give warp or fractions, not both")
+    count = n_steps if to_zero else n_steps + 1
+    if fractions is None and warp is None and to_zero and count in TUNED_TABLE:
+        fractions = TUNED_TABLE[count]
+    if fractions is not None:
+        f = torch.as_tensor(fractions, dtype=torch.float64)
+        if f.shape != (count,) or float(f[0]) != 0.0 or float(f[-1]) > 1.0 or not bool((f[1:] > f[:-1]).all()):
+            raise ValueError(
+                f"fractions must be {count} increasing values from 0 to at most 1 "
+                f"(one per grid point before the clean end), got {list(fractions)}"
+            )
+        return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + _interp(u, f) * (b - a), bool(f[-1] == 1.0))
+    knots = TUNED_WARP if warp is None else warp
+    return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + lambda_warp(u, knots) * (b - a))
+
+
+@GRIDS.register("tuned_warp")
+def tuned_warp(
+    schedule: NoiseSchedule,
+    n_steps: int,
+    *,
+    warp: Sequence[float] = TUNED_WARP,
+    t_end: float | None = None,
+    to_zero: bool = True,
+) -> Grid:
+    """``tuned_lambda`` with the shared warp at every step count (no per-count table rows):
+    smooth in the step count; the better choice for the Adams-type solvers (iPNDM, PLMS, LMS)
+    and Euler, for which the table rows (fitted with UniPC) are not."""
+    return tuned_lambda(schedule, n_steps, warp=warp, t_end=t_end, to_zero=to_zero)
 
 
 def _discrete_steps(schedule: NoiseSchedule) -> int:

@@ -66,7 +66,7 @@ class DEIS(Solver):
     name = "deis"
     stochastic = False
     nfe_per_step = 1
-    default_grid = "karras"
+    default_grid = "tuned_lambda"
 
     def __post_init__(self) -> None:
         _check_order(self.order, range(1, 4))

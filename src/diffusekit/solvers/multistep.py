@@ -102,7 +102,7 @@ class IPNDM(Solver):
     max_order: int = 4
     name = "ipndm"
     nfe_per_step = 1
-    default_grid = "karras"
+    default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
         _check_order("max_order", self.max_order)
@@ -142,7 +142,7 @@ class PLMS(Solver):
     name = "plms"
     order = 2
     nfe_per_step = 1  # asymptotically; the PRK warm start adds 9 calls in total
-    default_grid = "uniform_t"
+    default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
         if self.warmup not in ("auto", "prk", "multistep"):
@@ -206,7 +206,7 @@ class LMS(Solver):
     max_order: int = 4
     name = "lms"
     nfe_per_step = 1
-    default_grid = "karras"
+    default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
         _check_order("max_order", self.max_order)

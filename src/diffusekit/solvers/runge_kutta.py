@@ -96,7 +96,7 @@ class Euler(_ChurnMixin, Solver):
     name = "euler"
     order = 1
     nfe_per_step = 1
-    default_grid = "karras"
+    default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
         self._check_churn()
@@ -125,7 +125,7 @@ class Heun(_ChurnMixin, Solver):
     name = "heun"
     order = 2
     nfe_per_step = 2
-    default_grid = "karras"
+    default_grid = "tuned_lambda"
 
     def __post_init__(self) -> None:
         self._check_churn()
@@ -164,7 +164,7 @@ class EulerAncestral(Solver):
     name = "euler_ancestral"
     order = 1
     nfe_per_step = 1
-    default_grid = "karras"
+    default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
         if not self.eta >= 0:

@@ -74,9 +74,11 @@ class UniPC(Solver):
     ``dpm_solver``'s. The corrector is not applied after the last step (it would need
     a model call at the clean end).
 
-    Defaults: order 4 (UniP-3 + UniC, diffusers' ``solver_order=3``) on a uniform-lambda
-    grid: on the 64-d sharp-mode oracle benchmark it gave the fewest mode switches of
-    all solvers at 8-20 steps with within-mode spread 0.93-1.00x of the truth.
+    Defaults: order 4 (UniP-3 + UniC, diffusers' ``solver_order=3``) on the fitted
+    ``tuned_lambda`` grid (``benchmarks/grid_search.py``, fitted with this solver on
+    mixtures other than the benchmark's): on the 64-d sharp-mode oracle benchmark its RMSE
+    at NFE 5/8/10/15/20 is 0.066/0.044/0.030/0.0017/0.0012 (uniform lambda: 0.153/0.062/
+    0.032/0.041/0.0034) with within-mode spread 1.00-1.02x of the truth at NFE 10-20.
     """
 
     order: int = 4
@@ -88,7 +90,7 @@ class UniPC(Solver):
     name = "unipc"
     stochastic = False
     nfe_per_step = 1
-    default_grid = "uniform_lambda"
+    default_grid = "tuned_lambda"
 
     def __post_init__(self) -> None:
         low = 2 if self.corrector else 1

@@ -1,0 +1,205 @@
+"""Step-grid study for the deterministic solvers (issue 4, "Grids and accuracy").
+
+    python benchmarks/grid_search.py search --solver unipc            # fit the shared tuned_lambda warp
+    python benchmarks/grid_search.py search --solver unipc --nfe 5    # fit one step count's table row
+    python benchmarks/grid_search.py compare --solver unipc           # warp vs table row, per NFE
+    python benchmarks/grid_search.py survey                           # solvers x grids x NFE, benchmark oracle
+
+``search`` fits ``diffusekit.schedules.grids.tuned_lambda`` by Nelder-Mead on mixtures that
+are NOT the benchmark's (``TRAIN``: other seeds and dimensions of the same sharp-mode
+family, 256 trajectories each): either the knots of its piecewise-linear warp of the
+log-SNR span, jointly over NFE 5, 8, 10, 15, 20, or (``--nfe``) the log-SNR fraction of
+every point for one step count (``TUNED_TABLE``; started from the best of the family
+f_i = end * (i / (n - 1))^power, so the grid may stop above t_min before the clean end).
+The objective is the mean over (mixture, NFE) of log MSE to the exact ODE solution, plus a
+penalty when the within-component spread leaves [0.97, 1.03] at NFE >= 10. ``compare``
+decides, per NFE, whether the table row beats the warp on the training objective.
+``survey`` reports on the held-out benchmark oracle (``problems.sharp_mixture()``). Exact
+ODE references are cached under ``benchmarks/.cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from problems import Quality, quality, sharp_mixture, start_points
+from scipy.optimize import minimize
+
+import diffusekit as dk
+from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP
+from diffusekit.testing import GaussianMixture
+
+CACHE = Path(__file__).parent / ".cache"  # exact ODE references (gitignored)
+NFES = (5, 8, 10, 15, 20)
+TRAIN = ((64, 101), (64, 102), (32, 103))  # (dim, seed): never the benchmark's (64, 0)
+
+
+def problem(dim: int, seed: int, n: int) -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
+    """A sharp mixture, n start points and their exact ODE solutions (cached on disk)."""
+    oracle = sharp_mixture(dim=dim, seed=seed)
+    x_T = start_points(oracle, n, seed=seed + 1)
+    path = CACHE / f"ref_d{dim}_s{seed}_n{n}.pt"
+    if path.exists():
+        return oracle, x_T, torch.load(path)
+    ref = oracle.ode_solution(x_T, oracle.schedule.t_max, rtol=1e-9, atol=1e-9)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(ref, path)
+    return oracle, x_T, ref
+
+
+def run(oracle: GaussianMixture, solver: dk.Solver, x_T: torch.Tensor, grid: dk.Grid, dtype: torch.dtype) -> torch.Tensor:
+    return dk.sample(oracle, solver, x_T.to(dtype), grid=grid, progress=False).x
+
+
+def steps_for(solver: dk.Solver, nfe: int) -> int:
+    """Grid steps giving at most ``nfe`` model calls (Heun: 2N - 1)."""
+    return nfe if solver.nfe_per_step == 1 else (nfe + 1) // 2
+
+
+def warp_of(theta: np.ndarray) -> list[float]:
+    """Unconstrained parameters -> increasing knots from 0 to 1 (softmax increments)."""
+    inc = np.exp(theta - theta.max())
+    return [0.0, *np.cumsum(inc / inc.sum()).tolist()[:-1], 1.0]
+
+
+def fractions_of(theta: np.ndarray) -> list[float]:
+    """Unconstrained parameters -> per-point fractions 0 = f_0 < ... < f_{n-1} <= 1 (the last
+    softmax increment is the part of the span left out, so the grid may stop above t_end)."""
+    inc = np.exp(theta - theta.max())
+    return [0.0, *np.cumsum(inc / inc.sum()).tolist()[:-1]]
+
+
+Problem = tuple[GaussianMixture, torch.Tensor, torch.Tensor]
+
+
+def training_objective(solver: dk.Solver, probs: list[Problem], nfes: tuple[int, ...], grid_opts: dict, dtype: torch.dtype) -> float:
+    """Mean over (mixture, NFE) of log MSE, plus a penalty for spread outside [0.97, 1.03] at NFE >= 10."""
+    total = 0.0
+    for oracle, x_T, ref in probs:
+        for k in nfes:
+            grid = dk.make_grid("tuned_lambda", oracle.schedule, steps_for(solver, k), **grid_opts)
+            q = quality(oracle, run(oracle, solver, x_T, grid, dtype), ref)
+            total += math.log(q.rmse**2 + 1e-12)
+            if k >= 10:
+                total += 100.0 * max(0.0, abs(q.spread - 1.0) - 0.03) ** 2
+    return total / (len(probs) * len(nfes))
+
+
+def search(solver_name: str, n: int, iters: int, dtype: torch.dtype, nfe: int | None) -> dict:
+    """Nelder-Mead on the training mixtures: the shared warp (``nfe`` None) or one NFE's fractions."""
+    solver = dk.make_solver(solver_name)
+    probs = [problem(d, s, n) for d, s in TRAIN]
+    nfes = NFES if nfe is None else (nfe,)
+    grid_opts = (lambda th: {"warp": warp_of(th)}) if nfe is None else (lambda th: {"fractions": fractions_of(th)})
+
+    def objective(theta: np.ndarray) -> float:
+        return training_objective(solver, probs, nfes, grid_opts(theta), dtype)
+
+    start = time.time()
+    if nfe is None:
+        theta0 = np.log(np.diff(TUNED_WARP))
+    else:  # the best of the family f_i = end * (i / (n - 1))^power, then refine every point
+        u = np.linspace(0.0, 1.0, steps_for(solver, nfe))
+        family = [(e, p) for e in (0.45, 0.55, 0.65, 0.75, 0.85, 1.0) for p in (0.7, 0.85, 1.0, 1.2, 1.4)]
+        scores = []
+        for e, p in family:
+            f = e * u**p
+            theta = np.log(np.append(np.diff(f), max(1.0 - e, 1e-3)))
+            scores.append((objective(theta), theta))
+        theta0 = min(scores, key=lambda s: s[0])[1]
+    simplex = np.vstack([theta0, theta0 + 0.5 * np.eye(len(theta0))])  # steps of ~60% in each increment
+    res = minimize(
+        objective, theta0, method="Nelder-Mead",
+        options={"maxfev": iters, "xatol": 1e-3, "fatol": 1e-4, "initial_simplex": simplex},
+    )
+    best = grid_opts(res.x)
+    return {
+        "solver": solver_name,
+        "nfe": nfe,
+        "start_objective": objective(theta0),
+        "objective": float(res.fun),
+        "evaluations": int(res.nfev),
+        "seconds": time.time() - start,
+        **{k: [round(w, 4) for w in v] for k, v in best.items()},
+    }
+
+
+SURVEY_SOLVERS: dict[str, dict] = {
+    "dpm_solver(2M)": {"name": "dpm_solver", "order": 2},
+    "dpm_solver(3M)": {"name": "dpm_solver", "order": 3},
+    "dpm_solver(3S)": {"name": "dpm_solver", "order": 3, "method": "singlestep"},
+    "unipc(bh1,3)": {"name": "unipc", "order": 3, "variant": "bh1"},
+    "unipc(bh2,3)": {"name": "unipc", "order": 3},
+    "unipc(bh2,4)": {"name": "unipc", "order": 4},
+    "deis(3)": {"name": "deis", "order": 3},
+    "ipndm": {"name": "ipndm"},
+    "heun": {"name": "heun"},
+}
+SURVEY_GRIDS = ("uniform_t", "quadratic_t", "uniform_lambda", "karras", "trailing", "tuned_warp", "tuned_lambda")
+
+
+def survey(n: int, dtype: torch.dtype, grids: tuple[str, ...], solvers: list[str]) -> list[dict]:
+    oracle, x_T, ref = problem(64, 0, n)
+    rows = []
+    for label in solvers:
+        opts = dict(SURVEY_SOLVERS[label])
+        solver = dk.make_solver(opts.pop("name"), **opts)
+        for grid_name in grids:
+            for nfe in NFES:
+                grid = dk.make_grid(grid_name, oracle.schedule, steps_for(solver, nfe))
+                sol = dk.sample(oracle, solver, x_T.to(dtype), grid=grid, progress=False)
+                q: Quality = quality(oracle, sol.x, ref)
+                rows.append({"solver": label, "grid": grid_name, "nfe": sol.nfe, **q.__dict__})
+                print(f"{label:15s} {grid_name:15s} {sol.nfe:3d} rmse={q.rmse:.4f} wrong={q.wrong_component:.3f} "
+                      f"rmse_right={q.rmse_right:.4f} spread={q.spread:.3f}", flush=True)
+    return rows
+
+
+def compare(solver_name: str, n: int, dtype: torch.dtype, nfes: tuple[int, ...]) -> list[dict]:
+    """Training objective of the shared warp vs this NFE's table row (which one ``tuned_lambda`` should use)."""
+    solver = dk.make_solver(solver_name)
+    probs = [problem(d, s, n) for d, s in TRAIN]
+    rows = []
+    for k in nfes:
+        row = {"nfe": k, "warp": training_objective(solver, probs, (k,), {"warp": TUNED_WARP}, dtype)}
+        if steps_for(solver, k) in TUNED_TABLE:
+            row["table"] = training_objective(solver, probs, (k,), {"fractions": TUNED_TABLE[steps_for(solver, k)]}, dtype)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=("survey", "search", "compare"))
+    ap.add_argument("--n", type=int, default=512, help="trajectories per mixture")
+    ap.add_argument("--solver", default="unipc")
+    ap.add_argument("--iters", type=int, default=400)
+    ap.add_argument("--nfe", type=int, default=None, help="search: fit this NFE's own fractions (default: the shared warp)")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--nfes", default="5,6,7,8,9,10,12,15,20", help="compare: NFEs")
+    ap.add_argument("--grids", default=",".join(SURVEY_GRIDS))
+    ap.add_argument("--solvers", default=";".join(SURVEY_SOLVERS), help="labels separated by ;")
+    ap.add_argument("--out", default=None, help="JSON file for the results")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.set_num_threads(1)
+    if args.mode == "search":
+        out: object = search(args.solver, args.n, args.iters, dtype, args.nfe)
+        print(json.dumps(out, indent=1))
+    elif args.mode == "compare":
+        out = compare(args.solver, args.n, dtype, tuple(int(k) for k in args.nfes.split(",")))
+    else:
+        out = survey(args.n, dtype, tuple(args.grids.split(",")), args.solvers.split(";"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
