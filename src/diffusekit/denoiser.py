@@ -44,6 +44,15 @@ class Denoiser(nn.Module):
             raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
+    def _terms(self, t: Tensor) -> tuple[Coefficients, Tensor, Tensor, Tensor]:
+        """(coefficients, c_noise, alpha, sigma) at times ``t`` in ``t``'s dtype, unbroadcast."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        d_alpha = d_sigma = None
+        if self.parameterization.needs_derivatives:
+            d_alpha, d_sigma = self.schedule.dalpha_dsigma(t)
+        coeffs = self.parameterization.coefficients(alpha, sigma, d_alpha, d_sigma)
+        return coeffs, self.parameterization.c_noise(self.schedule.model_time(t), alpha, sigma), alpha, sigma
+
     def cache_times(self, t: Tensor | Sequence[float]) -> None:
         """Compute the coefficient numbers at these times in one vectorised schedule call and keep them.
 
@@ -52,12 +61,7 @@ class Denoiser(nn.Module):
         """
         tt = torch.as_tensor(t, dtype=torch.float64).flatten().cpu()
         self.schedule.validate_t(tt)
-        alpha, sigma = self.schedule.alpha_sigma(tt)
-        d_alpha = d_sigma = None
-        if self.parameterization.needs_derivatives:
-            d_alpha, d_sigma = self.schedule.dalpha_dsigma(tt)
-        coeffs = self.parameterization.coefficients(alpha, sigma, d_alpha, d_sigma)
-        c_noise = self.parameterization.c_noise(self.schedule.model_time(tt), alpha, sigma)
+        coeffs, c_noise, alpha, sigma = self._terms(tt)
         columns = [torch.as_tensor(v, dtype=torch.float64).expand(tt.shape) for v in (*coeffs, c_noise, alpha, sigma)]
         rows = torch.stack(columns, 1).tolist()
         if len(self._scalar_cache) + len(rows) > 65_536:
@@ -80,13 +84,7 @@ class Denoiser(nn.Module):
         if isinstance(t, (int, float)):
             *c, c_noise, alpha, sigma = self._scalar_coefficients(float(t))
             return Coefficients(*c), torch.full((x.shape[0],), c_noise, dtype=x.dtype, device=x.device), alpha, sigma
-        t = self._time(t, x)
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        d_alpha = d_sigma = None
-        if self.parameterization.needs_derivatives:
-            d_alpha, d_sigma = self.schedule.dalpha_dsigma(t)
-        coeffs = self.parameterization.coefficients(alpha, sigma, d_alpha, d_sigma)
-        c_noise = self.parameterization.c_noise(self.schedule.model_time(t), alpha, sigma)
+        coeffs, c_noise, alpha, sigma = self._terms(self._time(t, x))
 
         def cast(v: Tensor) -> Tensor:
             return append_dims(v.to(device=x.device, dtype=x.dtype), x.ndim)
