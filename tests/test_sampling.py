@@ -55,8 +55,9 @@ def test_ddpm_samples_have_the_true_log_likelihood(variance: str) -> None:
 def test_ddim_eta_one_is_ddpm_small_variance() -> None:
     schedule = dk.DiscreteSchedule()
     mix = _mixture_2d(schedule)
-    a = dk.sample(mix, dk.DDIM(eta=1.0), shape=(2,), batch=8, steps=20, seed=3, progress=False).x
-    b = dk.sample(mix, dk.DDPM("small"), shape=(2,), batch=8, steps=20, seed=3, progress=False).x
+    grid = dk.make_grid("uniform_t", schedule, 20)
+    a = dk.sample(mix, dk.DDIM(eta=1.0), shape=(2,), batch=8, grid=grid, seed=3, progress=False).x
+    b = dk.sample(mix, dk.DDPM("small"), shape=(2,), batch=8, grid=grid, seed=3, progress=False).x
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -64,12 +64,16 @@ class DDIM(Solver):
     """DDIM, Song, Meng & Ermon 2021, eq. (12): x1 = alpha1 x0 + sqrt(sigma1^2 - s^2) eps + s z,
     with s = eta * sqrt(sigma_{0|1}^2 sigma1^2 / sigma0^2). eta = 0 is the first-order
     exponential integrator of the probability-flow ODE; eta = 1 is DDPM (small variance).
+
+    Default grid ``tuned_warp`` rather than the paper's uniform t: uniform t makes the last
+    model call at t ~ 1/N and jumps to x0 from there, which collapses sharp modes (on the
+    64-d benchmark oracle, within-mode spread 0.38 of the truth at 10 NFE vs 0.82).
     """
 
     eta: float = 0.0
     name = "ddim"
     order = 1
-    default_grid = "uniform_t"
+    default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
         if not self.eta >= 0:
