@@ -17,6 +17,19 @@ def _fail(exc: Exception) -> None:
     raise click.ClickException(str(exc)) from None
 
 
+def _key_values(items: tuple[str, ...], flag: str) -> dict[str, object]:
+    """``("order=3", ...)`` -> ``{"order": 3}``, values parsed as TOML-like literals."""
+    from .config import parse_value
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = parse_value(v)
+    return out
+
+
 @main.command()
 @click.argument("config")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value, e.g. optim.lr=1e-3")
@@ -53,18 +66,12 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     """Sample from a trained run folder."""
     import numpy as np
 
-    from .config import parse_value
     from .pipeline import load_run, sample_denoiser
     from .train import save_image_grid
 
     try:
         run = load_run(run_dir)
-        opts = {}
-        for item in options:
-            if "=" not in item:
-                raise ValueError(f"--option expects key=value, got {item!r}")
-            k, v = item.split("=", 1)
-            opts[k] = parse_value(v)
+        opts = _key_values(options, "--option")
         name = solver or run.config.sampling.solver
         sol = sample_denoiser(run.denoiser, run.info, name, nfe or run.config.sampling.nfe, count, seed=seed,
                               grid=grid, progress=True, **opts)
@@ -128,6 +135,43 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
     from .demo import digits_demo
 
     digits_demo(out, steps=steps, progress=not quiet)
+
+
+@main.command("eval")
+@click.argument("run_dir")
+@click.option("--metrics", default=None,
+              help="comma list of fid,kid,pr,cfd,is,sw,nll,vlb (default: those that apply to the data)")
+@click.option("--n", "count", type=int, default=500, show_default=True, help="samples and real items")
+@click.option("--solver", default=None, help="solver name (default: the run's)")
+@click.option("--nfe", type=int, default=None, help="model evaluations per sample (default: the run's)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True, help="items per likelihood batch")
+@click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
+              help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
+@click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
+                 batch: int, nll_options: tuple[str, ...], out: str | None, quiet: bool) -> None:
+    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB."""
+    from .evaluate import evaluate_run, format_table
+    from .metrics import InceptionUnavailableError
+    from .train import atomic_write_text
+
+    try:
+        ode = _key_values(nll_options, "--nll-option")
+        result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
+                              progress=not quiet, nll_options=ode)
+    except (ValueError, FileNotFoundError, TypeError, InceptionUnavailableError) as e:
+        _fail(e)
+    path = Path(out or Path(run_dir) / "eval.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    data = result["data"]
+    click.echo(f"{run_dir} (step {result['checkpoint_step']}); real data: {data['n']} items of {data['dataset']} "
+               f"{data['source']}" + (f"; samples: {result['sampling']['solver']}, {result['sampling']['nfe']} NFE"
+                                      if "sampling" in result else ""))
+    click.echo(format_table(result))
+    click.echo(f"-> {path}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from .frechet import (
     FeatureExtractor,
     FeatureStats,
     FeatureStatsAccumulator,
+    cached_features,
     cached_stats,
     compute_features,
     compute_stats,
@@ -63,7 +64,7 @@ from .sliced import random_directions, sliced_wasserstein
 __all__ = [
     "CACHE_ENV_VAR", "Classifier", "Confidence", "DigitsSplit", "FeatureExtractor", "FeatureStats",
     "FeatureStatsAccumulator", "INCEPTION_DIM", "INCEPTION_HAS_LOGITS", "INSTALL_HINT", "InceptionFeatures",
-    "InceptionScore", "InceptionUnavailableError", "KIDResult", "PrecisionRecall", "cached_stats",
+    "InceptionScore", "InceptionUnavailableError", "KIDResult", "PrecisionRecall", "cached_features", "cached_stats",
     "classifier_accuracy", "classifier_confidence",
     "confidence_from_probs",
     "logistic_digits_confidence", "classifier_features", "classifier_frechet_distance", "classifier_weights_path",

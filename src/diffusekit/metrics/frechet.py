@@ -418,3 +418,26 @@ def cached_stats(
         raise TypeError(f"compute_fn must return FeatureStats, got {type(stats).__name__}")
     stats.save(path)
     return stats
+
+
+def cached_features(
+    key: str,
+    compute_fn: Callable[[], np.ndarray],
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """Load a feature array for ``key`` from ``<cache>/features``, or compute, save (atomically) and return it.
+
+    Use when a metric needs the features themselves (KID, precision/recall), not only their
+    mean and covariance (:func:`cached_stats`). A missing or unreadable file is recomputed.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = root / "features" / f"{_safe_key(key)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return np.asarray(f["features"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass
+    features = np.asarray(compute_fn())
+    _atomic_savez(path, {"features": features})
+    return features
