@@ -225,3 +225,17 @@ def test_image_grid_and_scatter_files(tmp_path: Path) -> None:
     out = scatter_2d({"data": torch.randn(50, 2), "model": torch.randn(50, 2)}, tmp_path / "s.png", lim=3)
     assert out.stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_lr_warmup_then_cosine_decay_to_zero() -> None:
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, decay_steps=110, ema_half_life=None, progress=False)
+    t = Trainer(dk.Denoiser(MLP(2, width=16, depth=2), dk.VPSchedule()), [torch.zeros(4, 2)], DSMLoss(), cfg)
+    lrs = [t.lr_at(s) for s in range(120)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warm-up rises
+    assert all(a > b for a, b in zip(lrs[10:109], lrs[11:110]))  # decay falls
+    assert lrs[60] == pytest.approx(0.5e-3) and lrs[110] == 0.0 and lrs[119] == 0.0
+    constant = Trainer(t.denoiser, [torch.zeros(4, 2)], DSMLoss(), TrainConfig(lr=1e-3, warmup_steps=10, progress=False))
+    assert constant.lr_at(500) == 1e-3
+    with pytest.raises(ValueError, match="decay_steps must exceed warmup_steps=10"):
+        TrainConfig(warmup_steps=10, decay_steps=5)

@@ -61,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_eps: float = 1e-8
     warmup_steps: int = 0
+    decay_steps: int | None = None
     grad_clip: float | None = 1.0
     ema_half_life: float | None = 1000.0
     ema_rampup: float | None = 0.05
@@ -83,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise ValueError(f"decay_steps must exceed warmup_steps={self.warmup_steps}, got {self.decay_steps}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if not self.lr > 0:
@@ -178,9 +181,15 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up from lr / warmup_steps to lr over the first ``warmup_steps`` steps, then constant."""
-        w = self.config.warmup_steps
-        return self.config.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+        """Linear warm-up from lr / warmup_steps to lr over the first ``warmup_steps`` steps, then constant,
+        or with ``decay_steps`` a cosine decay to 0 at that step (Loshchilov & Hutter 2017, SGDR eq. 5)."""
+        w, d = self.config.warmup_steps, self.config.decay_steps
+        if w > 0 and step < w:
+            return self.config.lr * (step + 1) / w
+        if d is None:
+            return self.config.lr
+        progress = min(1.0, (step - w) / (d - w))
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
     def steps(self, n: int) -> Iterator[TrainStep]:
         """Train ``n`` more steps, yielding a ``TrainStep`` after each (with logging, checkpoints, samples)."""
