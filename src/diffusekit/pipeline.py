@@ -104,7 +104,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progr
         raise ValueError(f"unknown optim.lr_schedule {oc.lr_schedule!r}; allowed: constant, cosine")
     tcfg = TrainConfig(
         lr=oc.lr, weight_decay=oc.weight_decay, warmup_steps=oc.warmup_steps, grad_clip=oc.grad_clip,
-        decay_steps=cfg.steps if oc.lr_schedule == "cosine" else None,
+        decay_steps=cfg.steps if oc.lr_schedule == "cosine" and cfg.steps > oc.warmup_steps else None,
         ema_half_life=oc.ema_half_life, bf16=oc.bf16, seed=cfg.seed, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every, progress=progress,
     )
