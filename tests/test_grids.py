@@ -83,3 +83,13 @@ def test_default_grids_keep_the_spread(name: str, nfes: tuple[int, ...]) -> None
         tol = 4 * math.sqrt((ll.var() + ll_exact.var()) / n)
         assert 0.95 < spread(mix, x) < 1.05, (name, steps, spread(mix, x))
         assert abs(float(ll.mean() - ll_exact.mean())) < tol, (name, steps, float(ll.mean()), float(ll_exact.mean()))
+
+
+def test_make_grid_shares_built_grids() -> None:
+    schedule = dk.DiscreteSchedule("linear")
+    a = dk.make_grid("tuned_lambda", schedule, 10)
+    assert dk.make_grid("tuned_lambda", schedule, 10) is a
+    assert dk.make_grid("tuned_lambda", schedule, 11) is not a
+    assert dk.make_grid("karras", schedule, 10, rho=7.0) is not dk.make_grid("karras", schedule, 10, rho=5.0)
+    warped = dk.make_grid("tuned_lambda", schedule, 10, warp=[0.0, 0.5, 1.0])  # unhashable option: built, not shared
+    torch.testing.assert_close(warped.t, dk.make_grid("uniform_lambda", schedule, 10).t)

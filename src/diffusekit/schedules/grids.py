@@ -303,6 +303,27 @@ def _check_count(count: int, n: int) -> None:
         raise ValueError(f"{count} grid points exceed the schedule's {n} training steps")
 
 
+_GRID_CACHE: dict[tuple, Grid] = {}
+
+
 def make_grid(name: str, schedule: NoiseSchedule, n_steps: int, **kwargs) -> Grid:
-    """Build a grid by name; see ``GRIDS.names()``."""
-    return GRIDS.get(name)(schedule, n_steps, **kwargs)
+    """Build a grid by name; see ``GRIDS.names()``.
+
+    Grids are pure functions of (rule, schedule, steps, options) and schedules are immutable,
+    so a grid is built once and shared (treat its tensors as read-only): repeated sampling
+    calls cost no grid arithmetic.
+    """
+    rule = GRIDS.get(name)
+    try:
+        key: tuple | None = (name, schedule, n_steps, tuple(sorted(kwargs.items())))
+        cached = _GRID_CACHE.get(key)  # type: ignore[arg-type]
+    except TypeError:  # unhashable options (e.g. a list of warp knots): no sharing
+        key, cached = None, None
+    if cached is not None:
+        return cached
+    grid = rule(schedule, n_steps, **kwargs)
+    if key is not None:
+        if len(_GRID_CACHE) >= 1024:
+            _GRID_CACHE.clear()
+        _GRID_CACHE[key] = grid
+    return grid
