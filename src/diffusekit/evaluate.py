@@ -47,6 +47,7 @@ from .denoiser import Denoiser
 from .likelihood import continuous_vlb, dequantized_bits_per_dim, discrete_vlb, ode_log_likelihood
 from .pipeline import LoadedRun, load_run, load_training_data, sample_denoiser
 from .schedules.discrete import DiscreteSchedule
+from .utils import check_positive_int
 
 #: Every metric name ``evaluate_run`` knows.
 METRICS: tuple[str, ...] = ("fid", "kid", "pr", "cfd", "is", "sw", "nll", "vlb")
@@ -106,7 +107,7 @@ def real_data(run: LoadedRun, n: int, seed: int = 0) -> RealData:
     Fashion-MNIST: the test split. Digits and other data: the training data
     itself (sklearn's digits have no held-out split in training).
     """
-    _check_positive("n", n)
+    check_positive_int("n", n)
     cfg = run.config
     name = cfg.data.name
     labels: Tensor | None
@@ -124,11 +125,6 @@ def real_data(run: LoadedRun, n: int, seed: int = 0) -> RealData:
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     levels = _lattice_levels(x[perm], (17, 256)) if x.ndim == 4 else None
     return RealData(x[perm], None if labels is None else labels[perm], name, source, held_out, levels)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def why_not_applicable(metric: str, data: RealData) -> str | None:
@@ -293,7 +289,7 @@ def nll_metric(
     ``probes``, ``t_eps``, ...) on top of :data:`NLL_DEFAULTS`. Batches of ``batch`` items use probe/dequantization seeds
     ``seed + j``, so every item has its own draws.
     """
-    _check_positive("batch", batch)
+    check_positive_int("batch", batch)
     ode_options = {**NLL_DEFAULTS, **ode_options}
     x = data.x
     d = x[0].numel()
@@ -339,7 +335,7 @@ def vlb_metric(
     nodes: int = 64,
 ) -> dict[str, MetricResult]:
     """``vlb``: mean discrete (DDPM) or continuous (VDM) bound in bits/dim (lattice data) or nats/dim."""
-    _check_positive("batch", batch)
+    check_positive_int("batch", batch)
     x = data.x
     d = x[0].numel()
     discrete = isinstance(denoiser.schedule, DiscreteSchedule)
@@ -386,7 +382,7 @@ def evaluate_run(
     ``solver`` / ``nfe`` default to the run's sampling config. Sample-quality metrics are
     skipped from sampling when only ``nll`` / ``vlb`` are asked. Returns a JSON-ready dict.
     """
-    _check_positive("n", n)
+    check_positive_int("n", n)
     run = load_run(run_dir)
     data = real_data(run, n, seed)
     names = default_metrics(data) if metrics is None else parse_metrics(metrics, data)

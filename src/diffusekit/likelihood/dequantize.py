@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..noise import NoiseSource
+from ..utils import check_positive_int
 
 LN2 = math.log(2.0)
 Dequantizer = Callable[[Tensor, int], tuple[Tensor, Tensor]]
@@ -85,8 +86,7 @@ def dequantized_bits_per_dim(
     draws per image (seeds ``seed``, ``seed + 1``, ...); uniform unless a variational
     ``dequantizer(k, seed) -> (u, log q)`` is given. Theis et al. 2016; Ho et al. 2019.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    check_positive_int("samples", samples)
     levels = 2**n_bits
     if bool(((k < 0) | (k >= levels)).any()) or (k.is_floating_point() and bool((k != k.round()).any())):
         raise ValueError(f"k must hold integers in [0, {levels - 1}]")

@@ -63,6 +63,7 @@ from torch import Tensor
 from ..denoiser import Cond, Denoiser
 from ..noise import NoiseSource
 from ..schedules.base import NoiseSchedule
+from ..utils import check_positive_int
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
@@ -161,11 +162,6 @@ def _basis(x: Tensor) -> Tensor:
     d = x[0].numel()
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     return eye[:, None, :].expand(d, x.shape[0], d).reshape(d, *x.shape)
-
-
-def _check_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _stratified_hutchinson(
@@ -269,13 +265,13 @@ def ode_log_likelihood(
         raise ValueError(f"divergence must be 'exact', 'hutchinson' or 'auto', got {divergence!r}")
     exact = divergence == "exact"
     if not exact:
-        _check_int("probes", probes)
+        check_positive_int("probes", probes)
     if quadrature is not None:
-        _check_int("quadrature", quadrature)
+        check_positive_int("quadrature", quadrature)
     if allocation not in ("uniform", "adaptive"):
         raise ValueError(f"allocation must be 'uniform' or 'adaptive', got {allocation!r}")
     if method in FIXED_METHODS:
-        _check_int("steps", steps)
+        check_positive_int("steps", steps)
     n_est = 1 if exact else probes
     if chunk_size is None and x.device.type == "cpu":
         chunk_size = 8  # cache-sized tangent batches are faster on CPUs (measured on the oracle)

@@ -47,6 +47,7 @@ from ..noise import NoiseSource
 from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
 from .dequantize import log_normal_mass
+from ..utils import check_positive_int
 
 LN2 = math.log(2.0)
 
@@ -114,8 +115,7 @@ def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> T
             raise ValueError("give steps (or times) for a continuous-time schedule")
         steps = schedule.num_steps
         return torch.arange(1, steps + 1, dtype=torch.float64) / steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_positive_int("steps", steps)
     if isinstance(schedule, DiscreteSchedule) and schedule.num_steps % steps == 0:
         stride = schedule.num_steps // steps  # a respaced DDPM: every stride-th knot
         return torch.arange(1, steps + 1, dtype=torch.float64) * stride / schedule.num_steps
@@ -255,8 +255,7 @@ def continuous_vlb(
     t0 = float(schedule.t_min if t_eps is None else t_eps)
     t1 = float(schedule.t_max if t_max is None else t_max)
     schedule.validate_t(torch.tensor([t0, t1], dtype=torch.float64))
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
+    check_positive_int("nodes", nodes)
     lam0 = float(schedule.log_snr(torch.tensor(t0, dtype=torch.float64)))
     lam1 = float(schedule.log_snr(torch.tensor(t1, dtype=torch.float64)))
     if not (math.isfinite(lam0) and math.isfinite(lam1)) or not lam1 < lam0:

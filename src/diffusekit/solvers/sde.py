@@ -28,6 +28,7 @@ from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..utils import append_dims
 from .base import make_solver, register
+from ..utils import check_positive_int
 
 SdeCoeffs = tuple[tuple[float, ...], tuple[float, ...]]  # f and g^2 at each grid point
 
@@ -222,8 +223,7 @@ class AnnealedLangevin(Solver):
     default_grid = "uniform_lambda"
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps_each, bool) or not isinstance(self.steps_each, int) or self.steps_each < 1:
-            raise ValueError(f"steps_each must be a positive integer, got {self.steps_each!r}")
+        check_positive_int("steps_each", self.steps_each)
         if not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
 
