@@ -36,3 +36,25 @@ def smooth_mixture(schedule: dk.NoiseSchedule, dim: int = 4, seed: int = 0) -> G
 @pytest.fixture(params=list(all_schedules()))
 def schedule(request: pytest.FixtureRequest) -> dk.NoiseSchedule:
     return all_schedules()[request.param]
+
+
+def count_noise(solver: dk.Solver, den: dk.Denoiser, steps: int) -> tuple[int, int]:
+    """(noise draws, NFE) of one run."""
+    drawn = [0]
+
+    class Spy(dk.Solver):
+        name = solver.name
+        default_grid = solver.default_grid
+
+        def init_state(self, grid):  # type: ignore[no-untyped-def]
+            return solver.init_state(grid)
+
+        def step(self, ctx, x, step, state):  # type: ignore[no-untyped-def]
+            def noise() -> torch.Tensor:
+                drawn[0] += 1
+                return ctx.noise()
+
+            return solver.step(dk.StepContext(ctx.model, ctx.schedule, noise), x, step, state)
+
+    sol = dk.sample(den, Spy(), shape=(2,), batch=3, steps=steps, progress=False)
+    return drawn[0], sol.nfe

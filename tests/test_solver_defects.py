@@ -22,6 +22,7 @@ import torch
 import diffusekit as dk
 from diffusekit.solvers import DDIM, DEIS, PLMS, SOLVERS, DPMSolver, Heun, UniPC, make_solver
 from diffusekit.testing import GaussianMixture
+from .conftest import count_noise
 
 from .conftest import all_schedules
 
@@ -155,27 +156,6 @@ def test_pndm_runs_below_13_nfe(sharp) -> None:
 # ---- noise -------------------------------------------------------------------------------------
 
 
-def _noise_draws(solver: dk.Solver, oracle: GaussianMixture, steps: int) -> int:
-    drawn = [0]
-
-    class Counting(dk.Solver):
-        name = solver.name
-        default_grid = solver.default_grid
-
-        def init_state(self, grid):  # type: ignore[no-untyped-def]
-            return solver.init_state(grid)
-
-        def step(self, ctx, x, step, state):  # type: ignore[no-untyped-def]
-            def noise() -> torch.Tensor:
-                drawn[0] += 1
-                return ctx.noise()
-
-            return solver.step(dk.StepContext(ctx.model, ctx.schedule, noise), x, step, state)
-
-    dk.sample(oracle, Counting(), shape=(oracle.dim,), batch=2, steps=steps, progress=False)
-    return drawn[0]
-
-
 def test_registered_solvers_draw_noise_only_when_stochastic() -> None:
     """k-diffusion builds a Brownian tree / draws per step even when unused; here every registered
     fixed-step solver with its defaults (and the eta = 0 forms of the stochastic ones) draws no
@@ -187,12 +167,12 @@ def test_registered_solvers_draw_noise_only_when_stochastic() -> None:
         if solver.adaptive:
             continue
         steps = 5
-        draws = _noise_draws(solver, oracle, steps)
+        draws = count_noise(solver, oracle, steps)[0]
         assert (draws == 0) == (not solver.stochastic), (name, draws)
         if solver.stochastic:
             assert draws >= steps - 1, (name, draws)
     for solver in (make_solver("ddim", eta=0.0), make_solver("euler_ancestral", eta=0.0), make_solver("dpm_solver_sde", eta=0.0)):
-        assert not solver.stochastic and _noise_draws(solver, oracle, 6) == 0
+        assert not solver.stochastic and count_noise(solver, oracle, 6)[0] == 0
 
 
 # ---- robustness: every registered solver x NFE x schedule ---------------------------------------

@@ -17,7 +17,7 @@ from diffusekit.solvers.multistep import AB_COEFFS, lagrange_ab_coeffs
 from diffusekit.solvers.thresholding import ClipX0, DynamicThreshold, make_thresholding
 from diffusekit.testing import GaussianMixture
 
-from .conftest import all_schedules, smooth_mixture
+from .conftest import all_schedules, count_noise, smooth_mixture
 
 MINE = [
     "euler", "heun", "euler_ancestral", "plms", "lms", "ipndm", "dopri5",
@@ -286,28 +286,6 @@ def test_stochastic_samplers_are_wrong_when_they_should_be() -> None:
 
 
 # ---- noise usage ---------------------------------------------------------------------------
-def count_noise(solver: dk.Solver, den: dk.Denoiser, steps: int) -> tuple[int, int]:
-    """(noise draws, NFE) of one run."""
-    drawn = [0]
-
-    class Spy(dk.Solver):
-        name = solver.name
-        default_grid = solver.default_grid
-
-        def init_state(self, grid):  # type: ignore[no-untyped-def]
-            return solver.init_state(grid)
-
-        def step(self, ctx, x, step, state):  # type: ignore[no-untyped-def]
-            def noise() -> Tensor:
-                drawn[0] += 1
-                return ctx.noise()
-
-            return solver.step(dk.StepContext(ctx.model, ctx.schedule, noise), x, step, state)
-
-    sol = dk.sample(den, Spy(), shape=(2,), batch=3, steps=steps, progress=False)
-    return drawn[0], sol.nfe
-
-
 def test_noise_is_drawn_only_when_used() -> None:
     mix = mixture_2d(dk.EDMSchedule())
     for name in ("euler", "heun", "plms", "lms", "ipndm", "dopri5"):
