@@ -27,6 +27,7 @@ from diffusekit.solvers.dpm_solver import (
     quadrature_weights,
     singlestep_orders,
 )
+from diffusekit.solvers.gaussian_pc import GaussianPC
 from diffusekit.solvers.unipc import UniPC
 from diffusekit.testing import GaussianMixture
 
@@ -131,6 +132,9 @@ DETERMINISTIC = [
     UniPC(order=2, corrector=False, variant="bh1"),
     *(DEIS(order=o, variable=v) for o in (1, 2, 3) for v in ("t", "rho")),
     DPMSolverSDE(order=3, eta=0.0),
+    GaussianPC(order=2),
+    GaussianPC(order=3, corrector=False),
+    GaussianPC(order=4, sigma_data=0.5),
 ]
 
 

@@ -17,6 +17,7 @@ from .dpm_solver import (
     DPMSolverPP3MSDE,
     DPMSolverSDE,
 )
+from .gaussian_pc import GaussianPC
 from .multistep import IPNDM, LMS, PLMS
 from .runge_kutta import Euler, EulerAncestral, Heun
 from .sde import PC, AnnealedLangevin, EulerMaruyama, LangevinCorrector, ReverseDiffusion
@@ -26,6 +27,6 @@ from .unipc import UniPC
 __all__ = [
     "DDIM", "DDPM", "DEIS", "IPNDM", "LMS", "PC", "PLMS", "SOLVERS", "AnnealedLangevin", "ClipX0", "DPMSolver",
     "DPMSolverAdaptive", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "DPMSolverPP3MSDE", "DPMSolverSDE",
-    "Dopri5", "DynamicThreshold", "Euler", "EulerAncestral", "EulerMaruyama", "Heun", "LangevinCorrector",
+    "Dopri5", "DynamicThreshold", "Euler", "GaussianPC", "EulerAncestral", "EulerMaruyama", "Heun", "LangevinCorrector",
     "ReverseDiffusion", "UniPC", "make_solver", "make_thresholding", "register",
 ]
