@@ -30,6 +30,7 @@ so the grid need not spend calls at low noise (``gaussian_lambda`` grid).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -46,10 +47,20 @@ _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
 
 class GaussianPCState(NamedTuple):
-    """History (newest first), and the start (x, lambda, sigma) of the step just taken, for the corrector."""
+    """The per-step plan, the history (newest first) and the start x of the step just taken."""
 
+    plan: tuple[StepPlan, ...]
     hist: tuple[Node, ...]
-    prev: tuple[Tensor, float, float] | None
+    x_prev: Tensor | None
+
+
+class StepPlan(NamedTuple):
+    """One grid step's updates as (scale, coefficients of the history's data predictions, newest
+    first): the corrector of the step just taken (None: no corrector) and the predictor
+    (None: the DDIM limit at alpha = 0 or the Gaussian clean end)."""
+
+    corrector: tuple[float, list[float]] | None
+    predictor: tuple[float, list[float]] | None
 
 
 def c_in_weights(lams: list[float], lam0: float, lam1: float, sigma_data: float) -> list[float]:
@@ -105,27 +116,46 @@ class GaussianPC(Solver):
             raise ValueError(f"sigma_data must be a positive finite number, got {self.sigma_data!r}")
 
     def init_state(self, grid: Grid) -> Any:
-        return GaussianPCState((), None)
-
-    def _update(self, x: Tensor, start: tuple[float, float], end: tuple[float, float], nodes: tuple[Node, ...]) -> Tensor:
-        """x1 = sigma1 (x / sigma0 + sum_j beta_j D_j) from (lambda0, sigma0) = start to ``end``."""
-        (lam0, sigma0), (lam1, sigma1) = start, end
-        beta = c_in_weights([nd.lam for nd in nodes], lam0, lam1, self.sigma_data)
-        return lincomb(x, sigma1 / sigma0, [sigma1 * b for b in beta], [nd.x0 for nd in nodes])
+        return GaussianPCState(_plan(self, tuple(grid.lam.tolist()), tuple(grid.sigma.tolist())), (), None)
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
         pred = ctx.model(x, step.t0)
+        plan = state.plan[step.i]
         if step.alpha0 == 0.0:
-            return ddim_limit(step, pred), None, GaussianPCState((), None)
-        node = Node.of(pred, step.lam0)
-        if self.corrector and state.prev is not None:
-            x_s, lam_s, sigma_s = state.prev
-            x = self._update(x_s, (lam_s, sigma_s), (step.lam0, step.sigma0), (node,) + state.hist[: self.order - 1])
-        hist = (node,) + state.hist[: self.order - 1]
-        if step.to_zero:
+            return ddim_limit(step, pred), None, state
+        hist = (Node.of(pred, step.lam0),) + state.hist[: self.order - 1]
+        if plan.corrector is not None:
+            scale, coeffs = plan.corrector
+            x = lincomb(state.x_prev, scale, coeffs, [nd.x0 for nd in hist])
+        if plan.predictor is None:
             return gaussian_end(step, hist), None, state
-        k = min(self.order - 1 if self.corrector else self.order, len(hist))
-        if self.lower_order_final and step.remaining == 2:
-            k = min(k, 2)
-        x_next = self._update(x, (step.lam0, step.sigma0), (step.lam1, step.sigma1), hist[:k])
-        return x_next, None, GaussianPCState(hist, (x, step.lam0, step.sigma0))
+        scale, coeffs = plan.predictor
+        return lincomb(x, scale, coeffs, [nd.x0 for nd in hist]), None, state._replace(hist=hist, x_prev=x)
+
+
+@functools.lru_cache(maxsize=128)
+def _plan(solver: GaussianPC, lam: tuple[float, ...], sigma: tuple[float, ...]) -> tuple[StepPlan, ...]:
+    """Every step's coefficients for a grid, computed once per grid (the weights depend only on
+    the grid's log-SNRs); the rules are the class docstring's."""
+    steps = []
+    first = 1 if math.isinf(lam[0]) and lam[0] < 0 else 0  # alpha = 0: a DDIM step, no history
+    n = len(lam) - 1
+    for i in range(n):
+        if i < first:
+            steps.append(StepPlan(None, None))
+            continue
+        known = lam[first : i + 1][::-1]  # log-SNRs of the history, newest first
+        corrector = None
+        if solver.corrector and i > first:
+            nodes = known[: solver.order]
+            beta = c_in_weights(list(nodes), lam[i - 1], lam[i], solver.sigma_data)
+            corrector = (sigma[i] / sigma[i - 1], [sigma[i] * b for b in beta])
+        predictor = None
+        if not math.isinf(lam[i + 1]):
+            k = min(solver.order - 1 if solver.corrector else solver.order, len(known))
+            if solver.lower_order_final and i == n - 2:
+                k = min(k, 2)
+            beta = c_in_weights(list(known[:k]), lam[i], lam[i + 1], solver.sigma_data)
+            predictor = (sigma[i + 1] / sigma[i], [sigma[i + 1] * b for b in beta])
+        steps.append(StepPlan(corrector, predictor))
+    return tuple(steps)
