@@ -70,8 +70,8 @@ class OptimConfig:
 class SamplingConfig:
     """Defaults for sampling from a trained run (``diffusekit sample`` can override them)."""
 
-    solver: str = "unipc"  # the most accurate at 5-20 NFE on the oracle (benchmarks/RESULTS.md)
-    nfe: int = 15
+    solver: str = "gaussian_pc"  # most accurate at 8-20 NFE on the oracle, and on digits (benchmarks/RESULTS.md)
+    nfe: int = 10
     grid: str | None = None
 
 
