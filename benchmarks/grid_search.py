@@ -4,6 +4,7 @@
     python benchmarks/grid_search.py search --solver unipc --nfe 5    # fit one step count's table row
     python benchmarks/grid_search.py compare --solver unipc           # warp vs table row, per NFE
     python benchmarks/grid_search.py survey                           # solvers x grids x NFE, benchmark oracle
+    python benchmarks/grid_search.py gaussian --nfe 5                 # fit gaussian_lambda's row for 5 steps
 
 ``search`` fits ``diffusekit.schedules.grids.tuned_lambda`` by Nelder-Mead on mixtures that
 are NOT the benchmark's (``TRAIN``: other seeds and dimensions of the same sharp-mode
@@ -14,6 +15,10 @@ f_i = end * (i / (n - 1))^power, so the grid may stop above t_min before the cle
 The objective is the mean over (mixture, NFE) of log MSE to the exact ODE solution, plus a
 penalty when the within-component spread leaves [0.97, 1.03] at NFE >= 10. ``compare``
 decides, per NFE, whether the table row beats the warp on the training objective.
+``gaussian`` fits one row of ``GAUSSIAN_TABLE`` (the log-SNRs of the ``gaussian_lambda`` grid
+for ``gaussian_pc``) by Nelder-Mead on the mean squared error to the exact ODE solution over
+``GAUSSIAN_TRAIN`` (four mixtures x 2,048 trajectories, float64; mode switches dominate
+it at few steps, so it needs many trajectories), started from the power-law default.
 ``survey`` reports on the held-out benchmark oracle (``problems.sharp_mixture()``). Exact
 ODE references are cached under ``benchmarks/.cache``.
 """
@@ -32,12 +37,13 @@ from problems import Quality, quality, sharp_mixture, start_points
 from scipy.optimize import minimize
 
 import diffusekit as dk
-from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP
+from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP, gaussian_lam_end
 from diffusekit.testing import GaussianMixture
 
 CACHE = Path(__file__).parent / ".cache"  # exact ODE references (gitignored)
 NFES = (5, 8, 10, 15, 20)
 TRAIN = ((64, 101), (64, 102), (32, 103))  # (dim, seed): never the benchmark's (64, 0)
+GAUSSIAN_TRAIN = ((64, 101), (64, 102), (64, 104), (32, 103))
 
 
 def problem(dim: int, seed: int, n: int) -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
@@ -130,6 +136,32 @@ def search(solver_name: str, n: int, iters: int, dtype: torch.dtype, nfe: int | 
     }
 
 
+def fit_gaussian_row(nfe: int, n: int, iters: int) -> dict:
+    """Log-SNRs of grid points 1..nfe-1 for ``gaussian_pc`` (point 0 is t_max), minimising the MSE."""
+    solver = dk.make_solver("gaussian_pc")
+    probs = [problem(d, s, n) for d, s in GAUSSIAN_TRAIN]
+    schedule = probs[0][0].schedule
+    lam0 = float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64)))
+
+    def lams_of(theta: np.ndarray) -> list[float]:
+        return (lam0 + np.cumsum(np.exp(theta))).tolist()
+
+    def mse(theta: np.ndarray) -> float:
+        t = schedule.t_of_log_snr(torch.tensor([lam0, *lams_of(theta)], dtype=torch.float64))
+        t[0] = schedule.t_max
+        grid = dk.Grid.from_times(schedule, t, to_zero=True)
+        total = sum(float((run(o, solver, x_T, grid, torch.float64) - ref).pow(2).mean(1).sum()) for o, x_T, ref in probs)
+        return total / sum(len(x_T) for _, x_T, _ in probs)
+
+    start_grid = dk.make_grid("gaussian_lambda", schedule, nfe, lam_end=gaussian_lam_end(nfe))
+    theta0 = np.log(np.diff(start_grid.lam[:-1].numpy()))
+    start = time.time()
+    res = minimize(lambda th: math.log(mse(th)), theta0, method="Nelder-Mead",
+                   options={"maxfev": iters, "initial_simplex": np.vstack([theta0, theta0 + 0.3 * np.eye(len(theta0))])})
+    return {"nfe": nfe, "rmse_start": math.sqrt(mse(theta0)), "rmse": math.sqrt(math.exp(res.fun)),
+            "evaluations": int(res.nfev), "seconds": time.time() - start, "lams": [round(v, 3) for v in lams_of(res.x)]}
+
+
 SURVEY_SOLVERS: dict[str, dict] = {
     "dpm_solver(2M)": {"name": "dpm_solver", "order": 2},
     "dpm_solver(3M)": {"name": "dpm_solver", "order": 3},
@@ -177,7 +209,7 @@ def compare(solver_name: str, n: int, dtype: torch.dtype, nfes: tuple[int, ...])
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("survey", "search", "compare"))
+    ap.add_argument("mode", choices=("survey", "search", "compare", "gaussian"))
     ap.add_argument("--n", type=int, default=512, help="trajectories per mixture")
     ap.add_argument("--solver", default="unipc")
     ap.add_argument("--iters", type=int, default=400)
@@ -190,8 +222,11 @@ def main() -> None:
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(1)
-    if args.mode == "search":
-        out: object = search(args.solver, args.n, args.iters, dtype, args.nfe)
+    if args.mode == "gaussian":
+        out = fit_gaussian_row(args.nfe or 5, 2048, args.iters)
+        print(json.dumps(out, indent=1))
+    elif args.mode == "search":
+        out = search(args.solver, args.n, args.iters, dtype, args.nfe)
         print(json.dumps(out, indent=1))
     elif args.mode == "compare":
         out = compare(args.solver, args.n, dtype, tuple(int(k) for k in args.nfes.split(",")))

@@ -10,7 +10,7 @@ import torch
 
 import diffusekit as dk
 from diffusekit.sample import Step
-from diffusekit.schedules.grids import GAUSSIAN_POWER, gaussian_lam_end
+from diffusekit.schedules.grids import GAUSSIAN_POWER, GAUSSIAN_TABLE, gaussian_lam_end
 from diffusekit.solvers.dpm_solver import Node, gaussian_end
 from diffusekit.solvers.gaussian_pc import GaussianPC, c_in_weights
 from diffusekit.solvers.unipc import UniPC
@@ -124,7 +124,7 @@ class _StartExactly(dk.Solver):
 
 def test_gaussian_lambda_grid() -> None:
     s = dk.DiscreteSchedule("linear", 1000)
-    g = dk.make_grid("gaussian_lambda", s, 8)
+    g = dk.make_grid("gaussian_lambda", s, 8, power=GAUSSIAN_POWER)
     lam = g.lam[:-1]
     assert g.ends_at_zero and math.isinf(float(g.lam[-1]))
     assert float(lam[-1]) == pytest.approx(gaussian_lam_end(8), abs=1e-9)
@@ -140,6 +140,18 @@ def test_gaussian_lambda_grid() -> None:
     with pytest.raises(ValueError, match="power must be a positive finite number, got -1"):
         dk.make_grid("gaussian_lambda", s, 6, power=-1)
     torch.testing.assert_close(dk.make_grid("gaussian_lambda", s, 6, lam_end=-9.0).t, dk.make_grid("gaussian_lambda", s, 6, lam_end=99.0).t)
+
+
+@pytest.mark.parametrize("n", sorted(GAUSSIAN_TABLE))
+def test_gaussian_lambda_uses_the_fitted_rows(n: int) -> None:
+    s = dk.DiscreteSchedule("linear", 1000)
+    g = dk.make_grid("gaussian_lambda", s, n)
+    assert float(g.t[0]) == s.t_max and g.ends_at_zero
+    torch.testing.assert_close(g.lam[1:-1], torch.tensor(GAUSSIAN_TABLE[n], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    # a span the row does not fit (t_end above the row's last point) falls back to the power law
+    t_end = float(s.t_of_log_snr(torch.tensor(GAUSSIAN_TABLE[n][-1] - 0.1, dtype=torch.float64)))
+    fallback = dk.make_grid("gaussian_lambda", s, n, t_end=t_end)
+    torch.testing.assert_close(fallback.t, dk.make_grid("gaussian_lambda", s, n, t_end=t_end, power=GAUSSIAN_POWER).t)
 
 
 def test_bad_options_are_refused() -> None:

@@ -188,6 +188,15 @@ separate and skip the low-noise end."""
 GAUSSIAN_POWER: float = 0.35
 """Default exponent of ``gaussian_lambda``."""
 
+GAUSSIAN_TABLE: dict[int, tuple[float, ...]] = {
+    5: (-1.717, -0.856, -0.027, 0.818),
+    6: (-1.933, -0.975, -0.453, 0.151, 0.957),
+    7: (-1.873, -0.994, -0.439, 0.026, 0.386, 1.132),
+    8: (-1.981, -1.114, -0.626, -0.273, 0.395, 0.896, 1.204),
+}
+"""Fitted log-SNRs of ``gaussian_lambda``'s grid points 1..n-1 (point 0 is t_max) for few steps
+(``python benchmarks/grid_search.py gaussian --nfe N``)."""
+
 
 def gaussian_lam_end(n_steps: int) -> float:
     """Default last log-SNR of ``gaussian_lambda``: 0.75 (sigma / alpha ~ 0.47) up to 6 steps,
@@ -270,20 +279,31 @@ def gaussian_lambda(
     n_steps: int,
     *,
     lam_end: float | None = None,
-    power: float = GAUSSIAN_POWER,
+    power: float | None = None,
     t_end: float | None = None,
     to_zero: bool = True,
 ) -> Grid:
     """Log-SNR points lambda_i = lambda_start + (lambda_stop - lambda_start) (i / (n - 1))^power,
-    lambda_stop = min(``lam_end``, lambda(t_end)) (default ``gaussian_lam_end``), for solvers whose clean-end step is exact
-    for locally Gaussian modes (``gaussian_pc``): once the modes of data scaled to about
-    [-1, 1] have separated (log-SNR ~ 1) that step finishes exactly, so every call is
-    spent at higher noise, where trajectories choose their mode; power < 1 takes one
-    long first step and packs the rest toward lambda_stop. Defaults fitted with
-    ``gaussian_pc`` by ``benchmarks/grid_search.py`` on sharp mixtures other than the
-    benchmark's. Where the ramp starts above ``lam_end`` (zero terminal SNR with very few
-    steps) it runs to t_end.
+    lambda_stop = min(``lam_end``, lambda(t_end)) (default ``gaussian_lam_end``, power
+    ``GAUSSIAN_POWER``), for solvers whose clean-end step is exact for locally Gaussian
+    modes (``gaussian_pc``): once the modes of data scaled to about [-1, 1] have separated
+    (log-SNR ~ 1) that step finishes exactly, so every call is spent at higher noise,
+    where trajectories choose their mode; power < 1 takes one long first step and packs
+    the rest toward lambda_stop. With neither option given, step counts in
+    ``GAUSSIAN_TABLE`` use its fitted log-SNRs (when they lie inside the schedule's span).
+    All defaults were fitted with ``gaussian_pc`` by ``benchmarks/grid_search.py`` on sharp
+    mixtures other than the benchmark's. Where the ramp starts above ``lam_end`` (zero
+    terminal SNR with very few steps) it runs to t_end.
     """
+    if power is None:
+        row = GAUSSIAN_TABLE.get(n_steps) if lam_end is None and to_zero else None
+        if row is not None:
+            lo, hi = _span(schedule, t_end)
+            lam_span = schedule.log_snr(torch.tensor([hi, lo], dtype=torch.float64))
+            if float(lam_span[0]) < row[0] and row[-1] <= float(lam_span[1]):
+                t_row = schedule.t_of_log_snr(torch.tensor(row, dtype=torch.float64))
+                return Grid.from_times(schedule, torch.cat([torch.tensor([hi], dtype=torch.float64), t_row]), to_zero)
+        power = GAUSSIAN_POWER
     if not (isinstance(power, int | float) and 0 < power < math.inf):
         raise ValueError(f"power must be a positive finite number, got {power!r}")
     stop_at = gaussian_lam_end(n_steps) if lam_end is None else lam_end
