@@ -28,6 +28,10 @@ def test_train_sample_info_round_trip_on_toy(tmp_path: Path) -> None:
     assert code == 0, text
     x = np.load(tmp_path / "s.npy")
     assert x.shape == (7, 2) and np.isfinite(x).all()
+    code, text = run("sample", str(out), "--solver", "deis", "--option", "end=gaussian", "--nfe", "6", "--n", "3",
+                     "--out", str(tmp_path / "g.npy"))
+    assert code == 0, text
+    assert np.isfinite(np.load(tmp_path / "g.npy")).all()
     code, text = run("info", str(out))
     assert code == 0 and "parameters" in text and "checkpoint step 20" in text
 

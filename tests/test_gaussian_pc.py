@@ -173,3 +173,47 @@ def test_defaults_keep_the_spread_and_likelihood(nfe: int) -> None:
     ll, ll_exact = mix.log_prob(x), mix.log_prob(exact)
     assert 0.95 < spread(mix, x) < 1.05
     assert abs(float(ll.mean() - ll_exact.mean())) < 4 * math.sqrt((ll.var() + ll_exact.var()) / n)
+
+
+# ---------------------------------------------------------------------------
+# the Gaussian clean end for any deterministic solver
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ddim", "heun", "deis", "ipndm", "dpmpp_2m"])
+def test_gaussian_end_of_any_solver_is_exact_from_its_last_state(name: str) -> None:
+    """On an isotropic Gaussian the wrapped solver's last step is the exact ODE solution from
+    wherever the solver's own steps left x, whatever they cost."""
+    schedule = dk.DiscreteSchedule("linear", 1000)
+    oracle = gaussian(schedule, std=0.2)
+    solver = dk.make_solver(name, end="gaussian")
+    x_T = oracle.sample(6, seed=4, t=schedule.t_max)
+    grid = dk.make_grid(solver.default_grid, schedule, 4)
+    sol = dk.sample(oracle, solver, x_T, grid=grid, progress=False, dtype=torch.float64, save_trajectory=True)
+    want = oracle.ode_solution(sol.trajectory[-2], float(grid.t[-2]))
+    torch.testing.assert_close(sol.x, want, rtol=1e-7, atol=1e-7)
+    own = dk.sample(oracle, dk.make_solver(name), x_T, grid=grid, progress=False, dtype=torch.float64)
+    assert sol.nfe == own.nfe and (own.x - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["ddim", "deis", "lms", "heun"])
+def test_gaussian_end_gives_every_solver_the_true_spread_at_10_calls(name: str) -> None:
+    """Their own defaults collapse the within-mode spread at 10 calls (0.3-0.9, RESULTS.md)."""
+    mix = sharp()
+    n = 600
+    exact = mix.sample(n, seed=2)
+    x_T = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(3))
+    solver = dk.make_solver(name, end="gaussian")
+    steps = 10 if solver.nfe_per_step == 1 else 5
+    sol = dk.sample(mix, solver, x_T, steps=steps, progress=False)
+    ll, ll_exact = mix.log_prob(sol.x), mix.log_prob(exact)
+    assert sol.nfe <= 10 and 0.95 < spread(mix, sol.x) < 1.05
+    assert abs(float(ll.mean() - ll_exact.mean())) < 4 * math.sqrt((ll.var() + ll_exact.var()) / n)
+
+
+def test_gaussian_end_refusals() -> None:
+    with pytest.raises(ValueError, match="end must be 'gaussian'.*got 'jump'"):
+        dk.make_solver("ddim", end="jump")
+    for name in ("euler_ancestral", "dpm_solver_adaptive"):
+        with pytest.raises(ValueError, match=f"end='gaussian' needs a fixed-step deterministic solver.*'{name}'"):
+            dk.make_solver(name, end="gaussian")

@@ -118,6 +118,8 @@ def solvers() -> None:
     for name, cls in SOLVERS.items():
         s = cls()
         click.echo(f"{name:<20} {s.order:>5} {float(s.nfe_per_step):>8g}  {str(bool(s.stochastic)):<10} {s.default_grid}")
+    click.echo("\nAny non-stochastic fixed-step solver also takes --option end=gaussian: a last step exact for "
+               "locally Gaussian modes (default grid then gaussian_lambda).")
 
 
 @main.command()

@@ -60,6 +60,8 @@ class Denoiser(nn.Module):
         Schedules and parameterizations are immutable, so kept values never go stale.
         """
         tt = torch.as_tensor(t, dtype=torch.float64).flatten().cpu()
+        if all(v in self._scalar_cache for v in tt.tolist()):  # a grid sampled before
+            return
         self.schedule.validate_t(tt)
         coeffs, c_noise, alpha, sigma = self._terms(tt)
         columns = [torch.as_tensor(v, dtype=torch.float64).expand(tt.shape) for v in (*coeffs, c_noise, alpha, sigma)]

@@ -16,5 +16,17 @@ def register(cls: type[Solver]) -> type[Solver]:
 
 
 def make_solver(name: str, **options: Any) -> Solver:
-    """Build a solver by name with its options; see ``SOLVERS.names()``."""
-    return SOLVERS.get(name)(**options)
+    """Build a solver by name with its options; see ``SOLVERS.names()``.
+
+    ``end="gaussian"`` (any deterministic fixed-step solver) replaces its step to the clean
+    end by the one exact for locally Gaussian modes (``GaussianEnd``).
+    """
+    end = options.pop("end", None)
+    solver = SOLVERS.get(name)(**options)
+    if end is None:
+        return solver
+    if end != "gaussian":
+        raise ValueError(f"end must be 'gaussian' (or not given: the solver's own clean end), got {end!r}")
+    from .gaussian_end import GaussianEnd  # here, not at the top: it imports the solver modules
+
+    return GaussianEnd(solver)
