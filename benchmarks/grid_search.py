@@ -5,6 +5,7 @@
     python benchmarks/grid_search.py compare --solver unipc           # warp vs table row, per NFE
     python benchmarks/grid_search.py survey                           # solvers x grids x NFE, benchmark oracle
     python benchmarks/grid_search.py gaussian --nfe 5                 # fit gaussian_lambda's row for 5 steps
+    python benchmarks/grid_search.py ablation                         # what each part of gaussian_pc gains
 
 ``search`` fits ``diffusekit.schedules.grids.tuned_lambda`` by Nelder-Mead on mixtures that
 are NOT the benchmark's (``TRAIN``: other seeds and dimensions of the same sharp-mode
@@ -19,6 +20,7 @@ decides, per NFE, whether the table row beats the warp on the training objective
 for ``gaussian_pc``) by Nelder-Mead on the mean squared error to the exact ODE solution over
 ``GAUSSIAN_TRAIN`` (four mixtures x 2,048 trajectories, float64; mode switches dominate
 it at few steps, so it needs many trajectories), started from the power-law default.
+``ablation`` measures the parts of ``gaussian_pc`` one at a time on the same trajectories.
 ``survey`` reports on the held-out benchmark oracle (``problems.sharp_mixture()``). Exact
 ODE references are cached under ``benchmarks/.cache``.
 """
@@ -162,6 +164,44 @@ def fit_gaussian_row(nfe: int, n: int, iters: int) -> dict:
             "evaluations": int(res.nfev), "seconds": time.time() - start, "lams": [round(v, 3) for v in lams_of(res.x)]}
 
 
+ABLATION: tuple[tuple[str, dict, dict], ...] = (  # (label, make_solver options, make_grid options)
+    ("unipc, own grid and x0 jump", {"name": "unipc"}, {}),
+    ("unipc end=gaussian (lambda polynomials), gaussian_lambda power law", {"name": "unipc", "end": "gaussian"},
+     {"power": 0.35}),
+    ("gaussian_pc (c_in polynomials), power law", {"name": "gaussian_pc"}, {"power": 0.35}),
+    ("gaussian_pc, fitted rows (default)", {"name": "gaussian_pc"}, {}),
+    ("gaussian_pc without corrector (order 3)", {"name": "gaussian_pc", "order": 3, "corrector": False}, {}),
+    ("gaussian_pc sigma_data 0.5", {"name": "gaussian_pc", "sigma_data": 0.5}, {}),
+    ("gaussian_pc sigma_data 2", {"name": "gaussian_pc", "sigma_data": 2.0}, {}),
+)
+
+
+def ablation(nfes: tuple[int, ...]) -> list[dict]:
+    """Mode switches, RMSE over the rest, spread and RMSE on ``GAUSSIAN_TRAIN`` (8,192 trajectories)."""
+    probs = [problem(d, s, 2048) for d, s in GAUSSIAN_TRAIN]
+    rows = []
+    for label, solver_opts, grid_opts in ABLATION:
+        opts = dict(solver_opts)
+        solver = dk.make_solver(opts.pop("name"), **opts)
+        for nfe in nfes:
+            wrong, err_right, err_all, spreads, n = 0, 0.0, 0.0, [], 0
+            for oracle, x_T, ref in probs:
+                grid = dk.make_grid(solver.default_grid, oracle.schedule, steps_for(solver, nfe), **grid_opts)
+                q = quality(oracle, run(oracle, solver, x_T, grid, torch.float64), ref)
+                k = len(x_T)
+                wrong += round(q.wrong_component * k)
+                err_right += q.rmse_right**2 * (k - round(q.wrong_component * k))
+                err_all += q.rmse**2 * k
+                spreads.append(q.spread)
+                n += k
+            row = {"config": label, "nfe": nfe, "wrong": wrong, "trajectories": n, "rmse_right": math.sqrt(err_right / (n - wrong)),
+                   "rmse": math.sqrt(err_all / n), "spread": sum(spreads) / len(spreads)}
+            rows.append(row)
+            print(f"{label:70s} {nfe:3d} wrong {wrong:4d}/{n} rmse_right {row['rmse_right']:.4f} "
+                  f"rmse {row['rmse']:.4f} spread {row['spread']:.3f}", flush=True)
+    return rows
+
+
 SURVEY_SOLVERS: dict[str, dict] = {
     "dpm_solver(2M)": {"name": "dpm_solver", "order": 2},
     "dpm_solver(3M)": {"name": "dpm_solver", "order": 3},
@@ -209,7 +249,7 @@ def compare(solver_name: str, n: int, dtype: torch.dtype, nfes: tuple[int, ...])
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("survey", "search", "compare", "gaussian"))
+    ap.add_argument("mode", choices=("survey", "search", "compare", "gaussian", "ablation"))
     ap.add_argument("--n", type=int, default=512, help="trajectories per mixture")
     ap.add_argument("--solver", default="unipc")
     ap.add_argument("--iters", type=int, default=400)
@@ -222,7 +262,9 @@ def main() -> None:
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(1)
-    if args.mode == "gaussian":
+    if args.mode == "ablation":
+        out = ablation((5, 8, 10, 15))
+    elif args.mode == "gaussian":
         out = fit_gaussian_row(args.nfe or 5, 2048, args.iters)
         print(json.dumps(out, indent=1))
     elif args.mode == "search":

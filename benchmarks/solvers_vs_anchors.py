@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -100,6 +101,8 @@ def diffusekit_methods(oracle, quick: bool, sweeps: bool = True) -> list[Method]
         if solver.adaptive or name == "annealed_langevin":  # NCSN's sampler needs hundreds of levels
             continue
         out.append(make(name, solver, None))
+    for name in ("ddim", "heun", "deis", "lms", "ipndm", "plms", "dpmpp_2m", "unipc"):  # the Gaussian clean end
+        out.append(make(f"{name} end=gaussian", make_solver(name, end="gaussian"), None))
     if quick or not sweeps:
         return out
     grids = ("uniform_lambda", "karras", "quadratic_t")
@@ -353,6 +356,26 @@ def write_reports(data: dict, out: Path) -> None:
     plot(rows, nfes, out.parent / f"{out.name}_rmse.png")
 
 
+def time_overheads(keys: list[str], repeats: int) -> None:
+    """Per-call overhead at batch 1 and 4,096 of the named methods, interleaved over repeats."""
+    oracle = sharp_mixture()
+    methods = {f"{m.library}|{m.name}": m for lib in (diffusekit_methods, diffusers_methods, k_diffusion_methods)
+               for m in lib(oracle, True)}
+    unknown = [k for k in keys if k not in methods]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; known: {sorted(methods)}")
+    table = {k: {"batch_1": [], "batch_4096": []} for k in keys}
+    for _ in range(repeats):  # interleaved, so a load change hits every method alike
+        for k in keys:
+            table[k]["batch_1"].append(overhead_us(methods[k], oracle.dim, 1, 5))
+            table[k]["batch_4096"].append(overhead_us(methods[k], oracle.dim, 4096, 1))
+    result = {k: {b: statistics.median(v) for b, v in row.items()} for k, row in table.items()}
+    for k, row in result.items():
+        print(f"{k:<32} {row['batch_1']:8.0f} us {row['batch_4096']:10.0f} us")
+    (RESULTS / "solvers_overhead.json").write_text(json.dumps(
+        {"command": " ".join(["python", *sys.argv]), "load_average": list(os.getloadavg()), "us_per_call": result}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="defaults only, NFE 5/10/20, 1,000 samples, 64 trajectories")
@@ -364,12 +387,17 @@ def main() -> None:
     ap.add_argument("--no-sweeps", action="store_true", help="diffusekit solvers with their defaults only")
     ap.add_argument("--out", default=str(RESULTS / "solvers"), help="output prefix (.json, .md, _rmse.png)")
     ap.add_argument("--report-only", action="store_true", help="rewrite .md and .png from the existing .json")
+    ap.add_argument("--overhead", nargs="*", default=None, metavar="LIBRARY|METHOD",
+                    help="only time these methods (e.g. 'diffusers|dpm++2m') -> results/solvers_overhead.json")
     args = ap.parse_args()
     out = Path(args.out)
     if args.report_only:
         write_reports(json.loads(out.with_suffix(".json").read_text()), out)
         return
     torch.set_num_threads(1)
+    if args.overhead is not None:
+        time_overheads(args.overhead, args.repeats)
+        return
     nfes = args.nfe or ([5, 10, 20] if args.quick else [5, 8, 10, 15, 20, 50])
     n_samples = args.samples or (1000 if args.quick else 4000)
     n_traj = min(args.trajectories or (64 if args.quick else 256), n_samples)

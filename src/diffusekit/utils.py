@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -28,4 +30,11 @@ def check_positive_int(name: str, value: int) -> int:
     """Reject non-integers and values < 1 with a message naming the value."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_positive_float(name: str, value: float) -> float:
+    """Reject non-numbers, infinities and values <= 0 with a message naming the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return value

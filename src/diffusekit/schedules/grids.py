@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Registry
-from ..utils import check_positive_int
+from ..utils import check_positive_float, check_positive_int
 from .base import NoiseSchedule
 
 
@@ -304,8 +304,7 @@ def gaussian_lambda(
                 t_row = schedule.t_of_log_snr(torch.tensor(row, dtype=torch.float64))
                 return Grid.from_times(schedule, torch.cat([torch.tensor([hi], dtype=torch.float64), t_row]), to_zero)
         power = GAUSSIAN_POWER
-    if not (isinstance(power, int | float) and 0 < power < math.inf):
-        raise ValueError(f"power must be a positive finite number, got {power!r}")
+    check_positive_float("power", power)
     stop_at = gaussian_lam_end(n_steps) if lam_end is None else lam_end
 
     def ramp(a: Tensor, b: Tensor, u: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
+from ..utils import check_positive_float
 from .base import register
 from .dpm_solver import Node, _check_order, ddim_limit, gaussian_end, lincomb
 
@@ -99,9 +100,10 @@ class GaussianPC(Solver):
     and leave the rest to the Gaussian clean end (fitted rows for 5-8 steps, a power law
     beyond; fitted on sharp oracle mixtures other than the benchmark's,
     ``benchmarks/grid_search.py``). Defaults (order 4, sigma_data 1, the corrector) were
-    chosen on the same mixtures (8,192 trajectories): sigma_data 0.5-2 and orders 3-5 are
-    within their noise; interpolating in lambda (UniPC's variable) gives 1.2-1.7x the mode
-    switches at 5 steps and about the same at 8-10; without the corrector, 1.3-3x at 8.
+    chosen on the same mixtures (8,192 trajectories, ``grid_search.py ablation``): sigma_data
+    0.5-2 are within noise of each other; UniPC's lambda polynomials with the same clean end
+    and grid make 3x / 2x / 1.3x the mode switches at 5 / 8 / 10 steps, and dropping the
+    corrector 3x / 7x / 3x.
     """
 
     order: int = 4
@@ -115,8 +117,7 @@ class GaussianPC(Solver):
 
     def __post_init__(self) -> None:
         _check_order(self.order, range(2 if self.corrector else 1, 9))
-        if not (isinstance(self.sigma_data, int | float) and 0 < self.sigma_data < math.inf):
-            raise ValueError(f"sigma_data must be a positive finite number, got {self.sigma_data!r}")
+        check_positive_float("sigma_data", self.sigma_data)
 
     def init_state(self, grid: Grid) -> Any:
         return GaussianPCState(_plan(self, tuple(grid.lam.tolist()), tuple(grid.sigma.tolist())), (), None)
