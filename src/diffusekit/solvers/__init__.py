@@ -27,6 +27,6 @@ from .unipc import UniPC
 __all__ = [
     "DDIM", "DDPM", "DEIS", "IPNDM", "LMS", "PC", "PLMS", "SOLVERS", "AnnealedLangevin", "ClipX0", "DPMSolver",
     "DPMSolverAdaptive", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "DPMSolverPP3MSDE", "DPMSolverSDE",
-    "Dopri5", "DynamicThreshold", "Euler", "GaussianPC", "EulerAncestral", "EulerMaruyama", "Heun", "LangevinCorrector",
+    "Dopri5", "DynamicThreshold", "Euler", "EulerAncestral", "EulerMaruyama", "GaussianPC", "Heun", "LangevinCorrector",
     "ReverseDiffusion", "UniPC", "make_solver", "make_thresholding", "register",
 ]

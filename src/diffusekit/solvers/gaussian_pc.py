@@ -15,15 +15,15 @@ reason: for data N(m, sigma_data^2 I) the denoiser is D = m + sigma_data^2 / (si
 rho^2) (y - m), and along a solution of the ODE y - m = sqrt(sigma_data^2 + rho^2) z for a
 fixed z, so D = m + sigma_data^2 c_in z is *linear* in c_in: any step size integrates such
 data exactly (from two evaluations), and a mixture nearly so where it looks like such data
-(the high-noise phase). Polynomials in lambda represent this
-e^lambda-like growth only approximately, and the error they make at high noise moves
-trajectories across the boundaries between modes.
+(the high-noise phase). Polynomials in lambda represent this e^lambda-like growth only
+approximately, and the error they make at high noise moves trajectories across the
+boundaries between modes.
 
 The predictor interpolates the ``order - 1`` newest outputs (``order`` without the
 corrector; Adams-Bashforth); the corrector (UniC, Zhao et al. 2023, Alg. 1) re-integrates
 the step just taken through the output at its end (Adams-Moulton), which costs no model
-call and raises the order by one. Weights are integrals of the Lagrange basis in v over u, computed by
-Gauss-Legendre quadrature in lambda. The step to the clean end is
+call and raises the order by one. Weights are integrals of the Lagrange basis in v over
+u, computed by Gauss-Legendre quadrature in lambda once per grid. The step to the clean end is
 ``dpm_solver.gaussian_end``: exact once each sample sits in one isotropic Gaussian mode,
 so the grid need not spend calls at low noise (``gaussian_lambda`` grid).
 """
