@@ -31,7 +31,7 @@ from torch import Tensor
 
 import diffusekit as dk
 from diffusekit.schedules.discrete import BETA_SCHEDULES
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 
 def load_k_diffusion_sampling() -> types.ModuleType | None:

@@ -40,7 +40,7 @@ from scipy.optimize import minimize
 
 import diffusekit as dk
 from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP, gaussian_lam_end
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 CACHE = Path(__file__).parent / ".cache"  # exact ODE references (gitignored)
 NFES = (5, 8, 10, 15, 20)

@@ -28,7 +28,7 @@ import torch
 
 import diffusekit as dk
 from diffusekit.likelihood import ode_log_likelihood
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchors import load_k_diffusion_sampling  # noqa: E402

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import diffusekit as dk
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 
 def sharp_mixture(dim: int = 64, components: int = 8, seed: int = 0) -> GaussianMixture:

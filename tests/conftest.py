@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffusekit as dk
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 torch.set_num_threads(1)  # tests run in parallel under pytest-xdist
 

@@ -28,7 +28,7 @@ from diffusekit.evaluate import (
 )
 from diffusekit.metrics import classifier_weights_path, load_digits_split, save_classifier, train_classifier
 from diffusekit.pipeline import load_run, train_run
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 FAST_ODE = {"method": "rk4", "steps": 2, "probes": 2}
 

@@ -14,7 +14,7 @@ from diffusekit.schedules.grids import GAUSSIAN_POWER, GAUSSIAN_TABLE, gaussian_
 from diffusekit.solvers.dpm_solver import Node, gaussian_end
 from diffusekit.solvers.gaussian_pc import GaussianPC, c_in_weights
 from diffusekit.solvers.unipc import UniPC
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 from .conftest import all_schedules
 from .test_grids import sharp, spread

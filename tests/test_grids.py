@@ -9,7 +9,7 @@ import torch
 
 import diffusekit as dk
 from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 
 def sharp(dim: int = 64, seed: int = 5) -> GaussianMixture:

@@ -20,7 +20,7 @@ from diffusekit.likelihood import (
 )
 from diffusekit.likelihood.dequantize import log_normal_mass
 from diffusekit.parameterization import Prediction
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 from .conftest import smooth_mixture
 

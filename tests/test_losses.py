@@ -18,7 +18,7 @@ from diffusekit.losses import (
     make_weighting,
 )
 from diffusekit.parameterization import Parameterization, make_parameterization
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 from .conftest import all_schedules
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffusekit as dk
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 from .conftest import smooth_mixture
 

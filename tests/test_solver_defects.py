@@ -21,7 +21,7 @@ import torch
 
 import diffusekit as dk
 from diffusekit.solvers import DDIM, DEIS, PLMS, SOLVERS, DPMSolver, Heun, UniPC, make_solver
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 from .conftest import count_noise
 
 from .conftest import all_schedules

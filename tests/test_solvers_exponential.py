@@ -29,7 +29,7 @@ from diffusekit.solvers.dpm_solver import (
 )
 from diffusekit.solvers.gaussian_pc import GaussianPC
 from diffusekit.solvers.unipc import UniPC
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 from .conftest import all_schedules, smooth_mixture
 

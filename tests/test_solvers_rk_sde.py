@@ -15,7 +15,7 @@ from diffusekit.parameterization import Parameterization, Prediction
 from diffusekit.solvers import adaptive_ode, multistep, runge_kutta, sde  # noqa: F401  (registration)
 from diffusekit.solvers.multistep import AB_COEFFS, lagrange_ab_coeffs
 from diffusekit.solvers.thresholding import ClipX0, DynamicThreshold, make_thresholding
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 
 from .conftest import all_schedules, count_noise, smooth_mixture
 

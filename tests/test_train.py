@@ -16,7 +16,7 @@ import diffusekit as dk
 from diffusekit.data import ArrayLoader
 from diffusekit.losses import DSMLoss
 from diffusekit.models import MLP
-from diffusekit.testing import GaussianMixture
+from diffusekit.oracle import GaussianMixture
 from diffusekit.train import (
     EMA,
     CheckpointMismatchError,

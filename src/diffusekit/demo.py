@@ -10,7 +10,7 @@ import torch
 from .sample import sample
 from .schedules import DiscreteSchedule, make_grid
 from .solvers import DPMSolver
-from .testing import GaussianMixture
+from .oracle import GaussianMixture
 
 
 def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
