@@ -34,8 +34,9 @@ from .base import register
 
 def euler_update(step: Step, pred: Prediction) -> Tensor:
     """One Euler step of dx_hat/ds = eps from s0 to s1, written in x: alpha1 x0 + sigma1 eps."""
-    if step.sigma1 == 0.0:
+    if step.to_zero:
         return pred.x0
+    step = step.like(pred.x_t)
     return step.alpha1 * pred.x0 + step.sigma1 * pred.eps
 
 
@@ -100,6 +101,10 @@ class Euler(_ChurnMixin, Solver):
 
     def __post_init__(self) -> None:
         self._check_churn()
+
+    @property
+    def per_sample_times(self) -> bool:  # type: ignore[override]
+        return self.S_churn == 0  # churn raises one shared noise level
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
         x, step = self._churn(ctx, x, step)
