@@ -15,8 +15,10 @@ import torch
 
 import diffusekit as dk
 from diffusekit.oracle import GaussianMixture
-from diffusekit.sample import StepInfo, forward_jump
+from diffusekit.sample import StepInfo, forward_jump, steps_for_nfe
 from diffusekit.solvers import SOLVERS
+
+from .conftest import all_schedules, smooth_mixture
 
 MU = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
 S = 0.6
@@ -257,3 +259,21 @@ def test_solvers_without_per_sample_times_refuse_a_per_sample_grid() -> None:
         dk.sample(gaussian(schedule), dk.make_solver("unipc"), torch.zeros(2, 3), grid=grid, progress=False)
     with pytest.raises(ValueError, match="same number of steps"):
         dk.Grid.stack([dk.make_grid("karras", schedule, 5), dk.make_grid("karras", schedule, 6)])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SOLVERS.names() if not dk.make_solver(n).adaptive))
+def test_the_declared_nfe_is_the_nfe_used(name: str) -> None:
+    solver = dk.make_solver(name)
+    for schedule in all_schedules().values():
+        den = smooth_mixture(schedule, dim=2)
+        for n in (1, 2, 3, 5, 10):
+            try:
+                grid = dk.make_grid(solver.default_grid, schedule, n)
+                sol = dk.sample(den, solver, shape=(2,), batch=2, grid=grid, progress=False)
+            except ValueError:
+                continue  # refused (e.g. too few steps for the solver's warm-up): refusals are tested elsewhere
+            assert sol.nfe == solver.nfe(grid), (schedule, n)
+        for budget in (4, 7, 10):
+            n = steps_for_nfe(solver, schedule, budget)
+            assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n)) <= budget or n == 1
+            assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n + 1)) > budget

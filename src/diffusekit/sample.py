@@ -141,6 +141,10 @@ class Solver:
         """Fresh state for a run along ``grid`` (a falling run of the loop's grid)."""
         return None
 
+    def nfe(self, grid: Grid) -> int | None:
+        """The model calls a run along ``grid`` makes (None when an error controller decides)."""
+        return None if self.adaptive else int(self.nfe_per_step * grid.n_steps)
+
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
         """Advance x from step.t0 to step.t1; return (x_next, error estimate or None, state)."""
         raise NotImplementedError
@@ -323,6 +327,21 @@ def _run(
         torch.stack(traj) if save_trajectory else None,
         torch.stack(x0_saved) if save_trajectory and x0_saved else None,
     )
+
+
+def steps_for_nfe(solver: Solver, schedule: NoiseSchedule, nfe: int, grid: str | None = None) -> int:
+    """The most steps of ``solver`` on its default grid (or the named rule) that make at most
+    ``nfe`` model calls (at least one step), so a requested budget is the budget used."""
+    check_positive_int("nfe", nfe)
+    if solver.adaptive:
+        return solver.default_steps
+    rule = grid or solver.default_grid
+    n = max(1, math.ceil(nfe / float(solver.nfe_per_step)))
+    while n > 1 and solver.nfe(make_grid(rule, schedule, n)) > nfe:  # type: ignore[operator]
+        n -= 1
+    while solver.nfe(make_grid(rule, schedule, n + 1)) <= nfe:  # type: ignore[operator]
+        n += 1
+    return n
 
 
 def per_sample_solvers() -> list[str]:
