@@ -68,7 +68,6 @@ def exp_moments(z: float, n: int) -> list[float]:
     return m
 
 
-
 def exp_moments_tensor(z: Tensor, n: int) -> list[Tensor]:
     """``exp_moments`` elementwise for a float64 tensor z (series for |z| < 1)."""
     small = z.abs() < 1.0
@@ -85,7 +84,6 @@ def exp_moments_tensor(z: Tensor, n: int) -> list[Tensor]:
             total = total + term
         out.append(torch.where(small, math.factorial(k) * total, rec[k]))
     return out
-
 
 
 def lincomb(
@@ -112,6 +110,7 @@ class Node(NamedTuple):
 
 
 def check_form(form: str) -> None:
+    """Validate an exponential integrator's ``form``: 'data' (integrates x0) or 'noise' (eps)."""
     if form not in ("data", "noise"):
         raise ValueError(
             f"form must be 'data' (DPM-Solver++) or 'noise' (DPM-Solver), got {form!r}"
@@ -119,6 +118,7 @@ def check_form(form: str) -> None:
 
 
 def check_order(order: int, allowed: range, what: str = "order") -> None:
+    """Validate an integer order option (``what`` names it in the error) against ``allowed``."""
     if isinstance(order, bool) or not isinstance(order, int) or order not in allowed:
         raise ValueError(
             f"{what} must be an integer in {allowed.start}..{allowed.stop - 1}, got {order!r}"

@@ -27,20 +27,8 @@ from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
 from .base import register
-from .exponential import (
-    NOISE_FORM_MAX_H,
-    Node,
-    check_form,
-    check_order,
-    clean_end,
-    ddim_limit,
-    exp_moments,
-    exp_update,
-    final_step_order,
-    history_nodes,
-    lincomb,
-    lowered_order,
-)
+from .exponential import NOISE_FORM_MAX_H, Node, check_form, check_order, clean_end, ddim_limit, exp_moments
+from .exponential import exp_update, final_step_order, history_nodes, lincomb, lowered_order
 from .lagrange import lagrange_weights
 
 
