@@ -112,6 +112,7 @@ def test_log_sigma_differs_from_log_alpha_only_between_indices() -> None:
         DiscreteSchedule("scaled_linear", num_steps=100, beta_end=0.02, zero_terminal_snr=True, interpolation="log_sigma"),
         DiscreteSchedule.from_alphas_cumprod(float32_table(200), interpolation="log_sigma"),
         DiscreteSchedule.from_alphas_cumprod(float32_table(200)),
+        DiscreteSchedule(betas=torch.linspace(1e-3, 0.05, 40, dtype=torch.float64)),
     ],
 )
 def test_discrete_config_round_trip(schedule: DiscreteSchedule) -> None:
@@ -194,9 +195,9 @@ def test_c_noise_maps_back_to_the_noise_level(name: str, param: str | tuple[str,
     alpha, sigma = schedule.alpha_sigma(t)
     c_noise = p.c_noise(schedule.model_time(t), alpha, sigma)
     level = noise_level_of_c_noise(c_noise, schedule, p)
-    torch.testing.assert_close(level.t, t, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(level.sigma, sigma, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(level.alpha, alpha, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(level.t, t, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(level.sigma, sigma, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(level.alpha, alpha, rtol=1e-12, atol=1e-15)
 
 
 def test_c_noise_of_a_custom_parameterization_is_refused() -> None:

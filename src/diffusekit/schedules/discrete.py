@@ -117,7 +117,7 @@ class DiscreteSchedule(NoiseSchedule):
         self._beta_args = (beta_start, beta_end)
         if alphas_cumprod is not None:
             self.kind = "table"
-            abar = torch.as_tensor(alphas_cumprod).detach().cpu().double()
+            abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu()
             _check_table(abar)
             zero_terminal_snr = float(abar[-1]) == 0.0
         else:
@@ -227,7 +227,8 @@ class DiscreteSchedule(NoiseSchedule):
         return t * self.num_steps - 1
 
     def config(self) -> dict:
-        if self.kind == "table":
+        """Constructor arguments; a table (or betas given as a tensor) is written as its alpha_bar table."""
+        if self.kind in ("table", "custom"):
             return {"alphas_cumprod": self.alphas_cumprod.tolist(), "interpolation": self.interpolation}
         cfg = {
             "kind": self.kind,
