@@ -186,10 +186,10 @@ def test_the_wrapper_unwraps_diffusers_outputs_and_maps_prediction_types() -> No
 PARAMETERIZATIONS = ["eps", "x0", "v", "score", "velocity", "edm", ("edm", "vp"), ("edm", "ve")]
 
 
-@pytest.mark.parametrize("name", [*all_schedules(), "discrete_log_sigma"])
+@pytest.mark.parametrize("name", list(all_schedules()))
 @pytest.mark.parametrize("param", PARAMETERIZATIONS, ids=str)
 def test_c_noise_maps_back_to_the_noise_level(name: str, param: str | tuple[str, str]) -> None:
-    schedule = log_sigma_schedules()["linear"] if name == "discrete_log_sigma" else all_schedules()[name]
+    schedule = all_schedules()[name]
     p = make_parameterization(param[0], kind=param[1]) if isinstance(param, tuple) else make_parameterization(param)
     t = torch.linspace(schedule.t_min, schedule.t_max, 101, dtype=torch.float64)[1:-1]
     alpha, sigma = schedule.alpha_sigma(t)
