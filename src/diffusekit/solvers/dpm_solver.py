@@ -40,6 +40,7 @@ from .exponential import (
     history_nodes,
     lowered_order,
 )
+from .lagrange import lagrange_weights
 
 
 class MultistepState(NamedTuple):
@@ -482,8 +483,9 @@ class DPMSolverAdaptive(Solver):
 
         if m1 is None:
             return b(scale) * x + b(c * g0) * m0
-        w1 = h * m[1] / r  # linear interpolation through (0, M0), (r, M1)
-        return b(scale) * x + b(c * (g0 - w1)) * m0 + b(c * w1) * m1
+        # the linear interpolant through (0, M0), (r, M1), per sample
+        beta0, beta1 = lagrange_weights([torch.zeros_like(r), r], [g0, h * m[1]])
+        return b(scale) * x + b(c * beta0) * m0 + b(c * beta1) * m1
 
     def _adapt(self, ctx: StepContext, x: Tensor, t0: float, step: Step) -> Tensor:
         data = self.form == "data"

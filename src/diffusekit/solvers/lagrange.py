@@ -21,16 +21,21 @@ All of them call ``lagrange_weights`` with the moments of their w.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
+from torch import Tensor
+
+Number = TypeVar("Number", float, Tensor)
 
 
-def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
+def lagrange_weights(nodes: Sequence[Number], moments: Sequence[Number]) -> list[Number]:
     """beta_j = int w l_j for the Lagrange basis l_j on ``nodes``, from moments[k] = int w tau^k.
 
     The weights solve the moment equations sum_j beta_j tau_j^k = moments[k] (k < n): with
     l_j(tau) = sum_k c_jk tau^k, beta_j = sum_k c_jk moments[k]. Exact for polynomials of
-    degree < n = len(nodes); Python floats in float64.
+    degree < n = len(nodes). Python floats (float64), or tensors elementwise (one rule per
+    sample, as the adaptive DPM-Solver needs).
     """
     n = len(nodes)
     if n == 1:
