@@ -15,8 +15,10 @@ import torch
 
 import diffusekit as dk
 from diffusekit.oracle import GaussianMixture
-from diffusekit.sample import StepInfo, forward_jump
+from diffusekit.sample import StepInfo, forward_jump, steps_for_nfe
 from diffusekit.solvers import SOLVERS
+
+from .conftest import all_schedules, smooth_mixture
 
 MU = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
 S = 0.6
@@ -232,3 +234,46 @@ def test_every_solver_continues_from_a_projection_made_after_a_step(name: str, l
         lost = ode_map(schedule, shift.x_k - torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), shift.t_k)
         err = float((moved - want).abs().max())
         assert err < 0.3 * float((lost - want).abs().max()), err
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "euler"])
+def test_a_per_sample_grid_equals_each_sample_on_its_own_grid(name: str) -> None:
+    """Per-sample times (each sample its own SDEdit start) in one batch, sample for sample."""
+    schedule = dk.DiscreteSchedule("linear")
+    den = gaussian(schedule)
+    starts = [0.3, 0.5, 0.8, 1.0]
+    grids = [dk.make_grid("uniform_lambda", schedule, 7, t_start=t) for t in starts]
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    solver = dk.make_solver(name)
+    together = dk.sample(den, solver, x, grid=dk.Grid.stack(grids), seed=[10, 11, 12, 13], progress=False)
+    for j, g in enumerate(grids):
+        alone = dk.sample(den, solver, x[j : j + 1], grid=g, seed=[10 + j], progress=False)
+        torch.testing.assert_close(together.x[j : j + 1], alone.x, rtol=1e-12, atol=1e-12)
+    assert together.nfe == 7
+
+
+def test_solvers_without_per_sample_times_refuse_a_per_sample_grid() -> None:
+    schedule = dk.DiscreteSchedule("linear")
+    grid = dk.Grid.stack([dk.make_grid("karras", schedule, 5, t_start=t) for t in (0.5, 1.0)])
+    with pytest.raises(ValueError, match="per-sample grid needs one of: .*ddim"):
+        dk.sample(gaussian(schedule), dk.make_solver("unipc"), torch.zeros(2, 3), grid=grid, progress=False)
+    with pytest.raises(ValueError, match="same number of steps"):
+        dk.Grid.stack([dk.make_grid("karras", schedule, 5), dk.make_grid("karras", schedule, 6)])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SOLVERS.names() if not dk.make_solver(n).adaptive))
+def test_the_declared_nfe_is_the_nfe_used(name: str) -> None:
+    solver = dk.make_solver(name)
+    for schedule in all_schedules().values():
+        den = smooth_mixture(schedule, dim=2)
+        for n in (1, 2, 3, 5, 10):
+            try:
+                grid = dk.make_grid(solver.default_grid, schedule, n)
+                sol = dk.sample(den, solver, shape=(2,), batch=2, grid=grid, progress=False)
+            except ValueError:
+                continue  # refused (e.g. too few steps for the solver's warm-up): refusals are tested elsewhere
+            assert sol.nfe == solver.nfe(grid), (schedule, n)
+        for budget in (4, 7, 10):
+            n = steps_for_nfe(solver, schedule, budget)
+            assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n)) <= budget or n == 1
+            assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n + 1)) > budget

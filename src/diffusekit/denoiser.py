@@ -77,7 +77,7 @@ class Denoiser(nn.Module):
         self._scalar_cache: dict[float, tuple[float, ...]] = {}
 
     def _time(self, t: float | Tensor, x: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
+        t = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)  # never via float32
         if t.device.type == "cpu":
             t = t.to(torch.float64)
             self.schedule.validate_t(t)

@@ -23,45 +23,67 @@ from .noise import NoiseSource
 from .parameterization import Prediction
 from .schedules.base import NoiseSchedule
 from .schedules.grids import Grid, make_grid
-from .utils import check_positive_int
+from .utils import append_dims, check_positive_int
+
+
+Number = float | Tensor  # a shared float64 number, or one per sample
 
 
 @dataclass(frozen=True)
 class Step:
-    """One interval of the grid, from (t0, alpha0, sigma0) to (t1, alpha1, sigma1), as float64 numbers.
+    """One interval of the grid, from (t0, alpha0, sigma0) to (t1, alpha1, sigma1).
 
-    ``remaining`` counts the steps left including this one (None when an
+    On an ordinary grid the numbers are float64 Python floats. On a per-sample grid
+    (``Grid`` with t of shape (N + 1, B)) they are CPU float64 tensors of shape (B,), and
+    only solvers with ``per_sample_times`` accept them; ``like(x)`` makes them broadcast
+    against x. ``remaining`` counts the steps left including this one (None when an
     adaptive controller does not know it), for lower-order final steps.
     """
 
     i: int
-    t0: float
-    t1: float
-    alpha0: float
-    sigma0: float
-    alpha1: float
-    sigma1: float
+    t0: Number
+    t1: Number
+    alpha0: Number
+    sigma0: Number
+    alpha1: Number
+    sigma1: Number
     remaining: int | None
 
     @property
-    def lam0(self) -> float:
+    def lam0(self) -> Number:
         return _log_snr(self.alpha0, self.sigma0)
 
     @property
-    def lam1(self) -> float:
+    def lam1(self) -> Number:
         return _log_snr(self.alpha1, self.sigma1)
 
     @property
-    def h(self) -> float:
+    def h(self) -> Number:
         """lambda1 - lambda0 (DPM-Solver's step size; +inf at the clean end)."""
         return self.lam1 - self.lam0
 
     @property
     def to_zero(self) -> bool:
+        """The step ends in clean data (a per-sample grid shares its clean end)."""
+        if isinstance(self.sigma1, Tensor):
+            return bool((self.sigma1 == 0).all())
         return self.sigma1 == 0.0
 
+    def like(self, x: Tensor) -> "Step":
+        """The step with per-sample numbers shaped (B, 1, ...) in x's dtype and device; unchanged
+        when the numbers are shared floats."""
+        if not isinstance(self.alpha0, Tensor):
+            return self
 
-def _log_snr(alpha: float, sigma: float) -> float:
+        def cast(v: Number) -> Number:
+            return append_dims(v.to(device=x.device, dtype=x.dtype), x.ndim) if isinstance(v, Tensor) else v
+
+        return Step(self.i, self.t0, self.t1, *(cast(v) for v in (self.alpha0, self.sigma0, self.alpha1, self.sigma1)), self.remaining)
+
+
+def _log_snr(alpha: Number, sigma: Number) -> Number:
+    if isinstance(alpha, Tensor) or isinstance(sigma, Tensor):
+        return torch.as_tensor(alpha).log() - torch.as_tensor(sigma).log()
     if sigma == 0.0:
         return math.inf
     if alpha == 0.0:
@@ -105,6 +127,7 @@ class Solver:
     name: str = "solver"
     order: int = 1
     stochastic: bool = False
+    per_sample_times: bool = False  # accepts a per-sample grid (Step numbers of shape (B,))
     nfe_per_step: float = 1
     default_grid: str = "uniform_t"
     default_steps: int = 50
@@ -117,6 +140,10 @@ class Solver:
     def init_state(self, grid: Grid) -> Any:
         """Fresh state for a run along ``grid`` (a falling run of the loop's grid)."""
         return None
+
+    def nfe(self, grid: Grid) -> int | None:
+        """The model calls a run along ``grid`` makes (None when an error controller decides)."""
+        return None if self.adaptive else int(self.nfe_per_step * grid.n_steps)
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
         """Advance x from step.t0 to step.t1; return (x_next, error estimate or None, state)."""
@@ -264,11 +291,18 @@ def _run(
         return noise_src.normal(counter["stream"], x.shape[1:], x.dtype)
 
     cache_times = getattr(denoiser, "cache_times", None)
-    if cache_times is not None:
-        cache_times(grid.t[grid.sigma > 0])  # every grid point's coefficients in one call
+    if grid.per_sample:
+        if not solver.per_sample_times:
+            raise ValueError(f"solver {solver.name!r} takes one time per step; a per-sample grid needs one of: {', '.join(per_sample_solvers())}")
+        if grid.t.shape[1] != x.shape[0]:
+            raise ValueError(f"the per-sample grid has {grid.t.shape[1]} columns for a batch of {x.shape[0]}")
+        ts, alphas, sigmas = grid.t.unbind(0), grid.alpha.unbind(0), grid.sigma.unbind(0)
+    else:
+        if cache_times is not None:
+            cache_times(grid.t[grid.sigma > 0])  # every grid point's coefficients in one call
+        ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
     ctx = StepContext(model, schedule, noise)
     traj = [x] if save_trajectory else []
-    ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
     runs = grid.falling_runs()
     bar = tqdm(total=grid.n_steps, desc=solver.name, leave=False, disable=not progress)
     for start, stop in runs:
@@ -293,6 +327,28 @@ def _run(
         torch.stack(traj) if save_trajectory else None,
         torch.stack(x0_saved) if save_trajectory and x0_saved else None,
     )
+
+
+def steps_for_nfe(solver: Solver, schedule: NoiseSchedule, nfe: int, grid: str | None = None) -> int:
+    """The most steps of ``solver`` on its default grid (or the named rule) that make at most
+    ``nfe`` model calls (at least one step), so a requested budget is the budget used."""
+    check_positive_int("nfe", nfe)
+    if solver.adaptive:
+        return solver.default_steps
+    rule = grid or solver.default_grid
+    n = max(1, math.ceil(nfe / float(solver.nfe_per_step)))
+    while n > 1 and solver.nfe(make_grid(rule, schedule, n)) > nfe:  # type: ignore[operator]
+        n -= 1
+    while solver.nfe(make_grid(rule, schedule, n + 1)) <= nfe:  # type: ignore[operator]
+        n += 1
+    return n
+
+
+def per_sample_solvers() -> list[str]:
+    """Names of the registered solvers that accept per-sample grids."""
+    from .solvers import SOLVERS
+
+    return [n for n in SOLVERS.names() if SOLVERS.get(n).per_sample_times]
 
 
 def _after_step(

@@ -37,9 +37,13 @@ class Grid:
         """Evaluate the schedule at decreasing times ``t``; append the clean end if ``to_zero``.
 
         With ``jumps`` the times may also rise (RePaint's resampling schedule, Lugmayr et
-        al. 2022): ``sample`` takes each rising interval by a forward jump.
+        al. 2022): ``sample`` takes each rising interval by a forward jump. A 2-d ``t`` of
+        shape (N + 1, B) gives every sample its own decreasing times (``stack``).
         """
-        t = torch.as_tensor(t, dtype=torch.float64).flatten()
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if t.ndim == 2 and not jumps:
+            return cls.stack([cls.from_times(schedule, col, to_zero) for col in t.T])
+        t = t.flatten()
         if t.numel() < 1:
             raise ValueError("a grid needs at least one time point")
         if t.numel() > 1 and not bool((t[1:] != t[:-1]).all() if jumps else (t[1:] < t[:-1]).all()):
@@ -55,9 +59,24 @@ class Grid:
             raise ValueError("a grid needs at least two points (one step)")
         return cls(t, alpha, sigma, jumps and bool((t[1:] > t[:-1]).any()))
 
+    @classmethod
+    def stack(cls, grids: Sequence["Grid"]) -> "Grid":
+        """One per-sample grid (t of shape (N + 1, B)) from B grids of N steps each, e.g. each
+        sample's own SDEdit start. Solvers with ``per_sample_times`` run it in one batch."""
+        if not grids or len({g.n_steps for g in grids}) != 1 or any(g.per_sample or g.jumps for g in grids):
+            raise ValueError("stack needs one or more plain grids with the same number of steps")
+        if len({g.ends_at_zero for g in grids}) != 1:
+            raise ValueError("stacked grids must all end at the clean end, or none")
+        return cls(*(torch.stack([getattr(g, f) for g in grids], 1) for f in ("t", "alpha", "sigma")))
+
+    @property
+    def per_sample(self) -> bool:
+        """True for a grid with one column of times per sample."""
+        return self.t.ndim == 2
+
     @property
     def n_steps(self) -> int:
-        return self.t.numel() - 1
+        return self.t.shape[0] - 1
 
     @property
     def lam(self) -> Tensor:
@@ -66,7 +85,7 @@ class Grid:
 
     @property
     def ends_at_zero(self) -> bool:
-        return bool(self.sigma[-1] == 0)
+        return bool((self.sigma[-1] == 0).all())
 
     def falling_runs(self) -> list[tuple[int, int]]:
         """(start, stop) point indices of the maximal decreasing runs, each rising interval a run
@@ -91,7 +110,7 @@ class Grid:
         return Grid(self.t[start : stop + 1], self.alpha[start : stop + 1], self.sigma[start : stop + 1])
 
     def __len__(self) -> int:
-        return self.t.numel()
+        return self.t.shape[0]
 
 
 GridRule = Callable[..., Grid]
