@@ -137,7 +137,7 @@ class Solver:
         """True when the NFE is set by an error controller, not by the grid."""
         return math.isnan(self.nfe_per_step)
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         """Fresh state for a run along ``grid`` (a falling run of the loop's grid)."""
         return None
 
@@ -145,8 +145,8 @@ class Solver:
         """The model calls a run along ``grid`` makes (None when an error controller decides)."""
         return None if self.adaptive else int(self.nfe_per_step * grid.n_steps)
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
-        """Advance x from step.t0 to step.t1; return (x_next, error estimate or None, state)."""
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
+        """Advance x from step.t0 to step.t1; return (x_next, state)."""
         raise NotImplementedError
 
 
@@ -315,12 +315,12 @@ def _run(
             x = _after_step(x, st, ctx, constraints, start, callback, newest, save_trajectory, traj, bar)
             continue
         sub = grid if (start, stop) == (0, grid.n_steps) else grid.slice(start, stop)
-        state = solver.init_state(sub)
+        state = solver.init_state(sub, schedule)
         n = stop - start
         for j in range(n):
             i = start + j
             st = Step(j, ts[i], ts[i + 1], alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], n - j)
-            x, _, state = solver.step(ctx, x, st, state)
+            x, state = solver.step(ctx, x, st, state)
             x = _after_step(x, st, ctx, constraints, i, callback, newest, save_trajectory, traj, bar)
     bar.close()
     return Solution(
