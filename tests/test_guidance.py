@@ -159,10 +159,10 @@ def test_rescaled_cfg() -> None:
     mix = labelled(sch)
     x = mix.sample(8, seed=4, t=0.5)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    assert_same(ClassifierFreeGuidance(mix, 4.0, rescale=0.0)(x, 0.5, y), ClassifierFreeGuidance(mix, 4.0)(x, 0.5, y), tol=0)
+    plain = ClassifierFreeGuidance(mix, 4.0)(x, 0.5, y)
+    assert_same(ClassifierFreeGuidance(mix, 4.0, rescale=0.0)(x, 0.5, y), plain, tol=0)
     for phi in (0.5, 1.0):
         got = ClassifierFreeGuidance(mix, 4.0, rescale=phi)(x, 0.5, y)
-        plain = ClassifierFreeGuidance(mix, 4.0)(x, 0.5, y)
         ratio = mix(x, 0.5, y).x0.std(1, correction=0) / plain.x0.std(1, correction=0)
         torch.testing.assert_close(got.x0, plain.x0 * (phi * ratio + 1 - phi)[:, None])
         torch.testing.assert_close(got.alpha * got.x0 + got.sigma * got.eps, x)
@@ -203,6 +203,11 @@ def test_cfg_gaussian_law_versus_tilted_density() -> None:
         law = cfg_gaussian_ode_map(sch, w, cond, uncond).law
         torch.testing.assert_close(law.mean, model.mean, rtol=0, atol=1.01 * 0.5 / 80)
         torch.testing.assert_close(law.var, model.var, rtol=1.01 / 80**2, atol=0)
+    # the tilted Gaussian is p(x|y)^w p(x)^(1-w) up to a constant
+    x = torch.linspace(-3, 3, 7, dtype=F64)[:, None]
+    normal = lambda g: torch.distributions.Normal(g.mean, g.var.sqrt()).log_prob(x).sum(1)  # noqa: E731
+    gap = normal(tilted_gaussian(3.0, cond, uncond)) - 3.0 * normal(cond) + 2.0 * normal(uncond)
+    torch.testing.assert_close(gap, gap[:1].expand(7))
     law = cfg_gaussian_ode_map(sch, 3.0, cond, uncond).law
     torch.testing.assert_close(law.var, torch.tensor([0.25**3], dtype=F64), rtol=1e-3, atol=0)
     assert law.kl(tilted_gaussian(3.0, cond, uncond)) > 0.5

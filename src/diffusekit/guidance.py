@@ -77,7 +77,7 @@ def null_condition(denoiser: DenoiserLike) -> int:
         if label is not None:
             return int(label)
         obj = getattr(obj, "inner", None)
-    raise ValueError("this denoiser has no null label; pass null= (the condition it was trained with as 'unconditional')")
+    raise ValueError("this denoiser has no null label; pass null= (its condition for 'unconditional')")
 
 
 class ClassifierFreeGuidance(DenoiserWrapper):
@@ -280,7 +280,7 @@ def _as_gaussian(g: DiagonalGaussian) -> DiagonalGaussian:
     mean, var = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in g)
     var = var.expand_as(mean) if var.numel() == 1 else var
     if var.shape != mean.shape or not bool((var > 0).all()):
-        raise ValueError(f"a Gaussian needs positive variances of the mean's shape {tuple(mean.shape)}, got {var.tolist()}")
+        raise ValueError(f"a Gaussian needs positive variances of shape {tuple(mean.shape)}, got {var.tolist()}")
     return DiagonalGaussian(mean, var)
 
 

@@ -75,7 +75,7 @@ class GaussianMixture(Denoiser):
         self.register_buffer("log_weights", (weights / weights.sum()).log())
         labels = torch.arange(k) if labels is None else torch.as_tensor(labels)
         if labels.shape != (k,) or labels.is_floating_point() or labels.is_complex() or bool((labels < 0).any()):
-            raise ValueError(f"labels must be {k} non-negative integers (one class per component), got {labels.tolist()}")
+            raise ValueError(f"labels must be {k} non-negative integers (a class per component), got {labels.tolist()}")
         labels = labels.long()
         num_classes = int(labels.max()) + 1
         if labels.unique().numel() != num_classes:
