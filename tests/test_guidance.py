@@ -117,7 +117,8 @@ def test_cfg_finds_the_null_label_of_networks_and_oracles() -> None:
     from diffusekit.models.mlp import MLP
 
     sch = dk.VPSchedule()
-    net = dk.Denoiser(MLP(2, num_classes=5), sch)
+    torch.manual_seed(0)
+    net = dk.Denoiser(MLP(2, width=32, depth=2, num_classes=5, zero_init=False), sch)
     assert null_condition(net) == 5
     assert null_condition(Counting(labelled(sch))) == 3
     with pytest.raises(ValueError, match="no null label"):
@@ -127,6 +128,7 @@ def test_cfg_finds_the_null_label_of_networks_and_oracles() -> None:
     with torch.no_grad():
         got = cfg(x, 0.5, torch.tensor([0, 1, 2, 3]))
         cond, uncond = net(x, 0.5, torch.tensor([0, 1, 2, 3])), net(x, 0.5)
+    assert (cond.eps - uncond.eps).abs().min() > 1e-4  # the label matters
     torch.testing.assert_close(got.eps, uncond.eps + 2.0 * (cond.eps - uncond.eps), rtol=1e-5, atol=1e-5)
 
 

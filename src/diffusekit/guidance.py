@@ -163,7 +163,9 @@ class EnergyGuidance(DenoiserWrapper):
     """Energy guidance: score <- score - s grad_x E_t(x, c), i.e. eps <- eps + s sigma grad_x E.
 
     The reverse SDE/ODE with s_t(x) - grad E_t(x, c) (Bao, seed 002 "Energy guidance";
-    Zhao et al. 2022, EGSDE); the sampled density is tilted by exp(-s E) at every noise level.
+    Zhao et al. 2022, EGSDE): at each noise level the score of p_t(x) exp(-s E_t(x, c)) / Z,
+    which the sampler draws exactly only when these are the marginals of one diffusion (as for
+    s = 1 and E = -log p_t(y | x), classifier guidance).
     With ``denoised=True`` the energy is evaluated at the denoised estimate x0_hat(x_t) and
     differentiated through ``inner`` (as Sehwag et al. 2022 on the predicted image), which
     lets an energy defined on clean data (a classifier, an encoder) guide; otherwise at x_t.
