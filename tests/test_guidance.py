@@ -8,17 +8,7 @@ import pytest
 import torch
 
 import diffusekit as dk
-from diffusekit.guidance import (
-    ClassifierEnergy,
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
-    DiagonalGaussian,
-    EnergyGuidance,
-    LowDensityEnergy,
-    cfg_gaussian_ode_map,
-    null_condition,
-    tilted_gaussian,
-)
+from diffusekit.guidance import null_condition
 from diffusekit.oracle import GaussianMixture
 
 from .conftest import all_schedules
@@ -106,9 +96,9 @@ def test_cfg_endpoints_are_the_two_models_in_one_pass(name: str) -> None:
     for t in (0.3 * sch.t_max, mid_times(sch, 6)):
         for w, want in ((1.0, mix(x, t, y)), (0.0, mix(x, t))):
             mix.batches.clear()
-            assert_same(ClassifierFreeGuidance(mix, w)(x, t, y), want, tol=1e-12)
+            assert_same(dk.ClassifierFreeGuidance(mix, w)(x, t, y), want, tol=1e-12)
             assert mix.batches == [12]  # one forward pass on the doubled batch
-        got = ClassifierFreeGuidance(mix, 2.5)(x, t, y)
+        got = dk.ClassifierFreeGuidance(mix, 2.5)(x, t, y)
         cond, uncond = mix(x, t, y), mix(x, t)
         assert_same(got, uncond.with_eps(uncond.eps + 2.5 * (cond.eps - uncond.eps)))
 
@@ -122,8 +112,8 @@ def test_cfg_finds_the_null_label_of_networks_and_oracles() -> None:
     assert null_condition(net) == 5
     assert null_condition(Counting(labelled(sch))) == 3
     with pytest.raises(ValueError, match="no null label"):
-        ClassifierFreeGuidance(dk.Denoiser(MLP(2), sch), 2.0)
-    cfg = ClassifierFreeGuidance(net, 2.0)
+        dk.ClassifierFreeGuidance(dk.Denoiser(MLP(2), sch), 2.0)
+    cfg = dk.ClassifierFreeGuidance(net, 2.0)
     x = torch.randn(4, 2)
     with torch.no_grad():
         got = cfg(x, 0.5, torch.tensor([0, 1, 2, 3]))
@@ -136,8 +126,8 @@ def test_cfg_interval_is_the_conditional_model_outside() -> None:
     sch = dk.VPSchedule()
     mix = Counting(labelled(sch))
     lo, hi = 0.5, 2.0  # sigma/alpha
-    cfg = ClassifierFreeGuidance(mix, 3.0, interval=(lo, hi))
-    full = ClassifierFreeGuidance(mix, 3.0)
+    cfg = dk.ClassifierFreeGuidance(mix, 3.0, interval=(lo, hi))
+    full = dk.ClassifierFreeGuidance(mix, 3.0)
     x = labelled(sch).sample(8, seed=3, t=0.5)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     t = torch.linspace(0.05, 0.95, 8, dtype=F64)
@@ -161,10 +151,10 @@ def test_rescaled_cfg() -> None:
     mix = labelled(sch)
     x = mix.sample(8, seed=4, t=0.5)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    plain = ClassifierFreeGuidance(mix, 4.0)(x, 0.5, y)
-    assert_same(ClassifierFreeGuidance(mix, 4.0, rescale=0.0)(x, 0.5, y), plain, tol=0)
+    plain = dk.ClassifierFreeGuidance(mix, 4.0)(x, 0.5, y)
+    assert_same(dk.ClassifierFreeGuidance(mix, 4.0, rescale=0.0)(x, 0.5, y), plain, tol=0)
     for phi in (0.5, 1.0):
-        got = ClassifierFreeGuidance(mix, 4.0, rescale=phi)(x, 0.5, y)
+        got = dk.ClassifierFreeGuidance(mix, 4.0, rescale=phi)(x, 0.5, y)
         ratio = mix(x, 0.5, y).x0.std(1, correction=0) / plain.x0.std(1, correction=0)
         torch.testing.assert_close(got.x0, plain.x0 * (phi * ratio + 1 - phi)[:, None])
         torch.testing.assert_close(got.alpha * got.x0 + got.sigma * got.eps, x)
@@ -177,11 +167,11 @@ def test_cfg_ode_of_gaussians_is_the_closed_form_map(name: str, w: float) -> Non
     """Two Gaussian models: the guided score is linear, the PF-ODE an affine map x_T -> x_0;
     the sampler reproduces it pointwise and its law within Monte-Carlo error (4,000 draws)."""
     sch = all_schedules()[name]
-    cond = DiagonalGaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.25, 0.64], dtype=F64))
-    uncond = DiagonalGaussian(torch.tensor([0.0, 0.3], dtype=F64), torch.tensor([1.0, 1.44], dtype=F64))
+    cond = dk.DiagonalGaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.25, 0.64], dtype=F64))
+    uncond = dk.DiagonalGaussian(torch.tensor([0.0, 0.3], dtype=F64), torch.tensor([1.0, 1.44], dtype=F64))
     mix = GaussianMixture(torch.stack([cond.mean, uncond.mean]), torch.stack([cond.var, uncond.var]).sqrt(), sch)
-    cfg = ClassifierFreeGuidance(mix, w, null=1)  # "unconditional" = component 1
-    exact = cfg_gaussian_ode_map(sch, w, cond, uncond)
+    cfg = dk.ClassifierFreeGuidance(mix, w, null=1)  # "unconditional" = component 1
+    exact = dk.cfg_gaussian_ode_map(sch, w, cond, uncond)
     n = 4000
     sol = dk.sample(
         cfg, dk.make_solver("dpmpp_3m"), shape=(2,), batch=n, steps=80, cond=0, seed=0, dtype=F64,
@@ -198,23 +188,23 @@ def test_cfg_gaussian_law_versus_tilted_density() -> None:
     mean, 0 instead of alpha_T m: a shift of m sqrt(v) / sigma_T); for w > 1 the ODE's law has
     variance v_u^(1-w) v_c^w in the limit, not the tilted density's 1/(w/v_c + (1-w)/v_u)."""
     sch = dk.EDMSchedule()  # sigma_T = 80
-    cond = DiagonalGaussian(torch.tensor([1.0], dtype=F64), torch.tensor([0.25], dtype=F64))
-    uncond = DiagonalGaussian(torch.tensor([0.0], dtype=F64), torch.tensor([1.0], dtype=F64))
+    cond = dk.DiagonalGaussian(torch.tensor([1.0], dtype=F64), torch.tensor([0.25], dtype=F64))
+    uncond = dk.DiagonalGaussian(torch.tensor([0.0], dtype=F64), torch.tensor([1.0], dtype=F64))
     for w, model in ((0.0, uncond), (1.0, cond)):
-        torch.testing.assert_close(tilted_gaussian(w, cond, uncond), model, rtol=1e-12, atol=0)
-        law = cfg_gaussian_ode_map(sch, w, cond, uncond).law
+        torch.testing.assert_close(dk.tilted_gaussian(w, cond, uncond), model, rtol=1e-12, atol=0)
+        law = dk.cfg_gaussian_ode_map(sch, w, cond, uncond).law
         torch.testing.assert_close(law.mean, model.mean, rtol=0, atol=1.01 * 0.5 / 80)
         torch.testing.assert_close(law.var, model.var, rtol=1.01 / 80**2, atol=0)
     # the tilted Gaussian is p(x|y)^w p(x)^(1-w) up to a constant
     x = torch.linspace(-3, 3, 7, dtype=F64)[:, None]
     normal = lambda g: torch.distributions.Normal(g.mean, g.var.sqrt()).log_prob(x).sum(1)  # noqa: E731
-    gap = normal(tilted_gaussian(3.0, cond, uncond)) - 3.0 * normal(cond) + 2.0 * normal(uncond)
+    gap = normal(dk.tilted_gaussian(3.0, cond, uncond)) - 3.0 * normal(cond) + 2.0 * normal(uncond)
     torch.testing.assert_close(gap, gap[:1].expand(7))
-    law = cfg_gaussian_ode_map(sch, 3.0, cond, uncond).law
+    law = dk.cfg_gaussian_ode_map(sch, 3.0, cond, uncond).law
     torch.testing.assert_close(law.var, torch.tensor([0.25**3], dtype=F64), rtol=1e-3, atol=0)
-    assert law.kl(tilted_gaussian(3.0, cond, uncond)) > 0.5
+    assert law.kl(dk.tilted_gaussian(3.0, cond, uncond)) > 0.5
     with pytest.raises(ValueError, match="not normalisable"):
-        tilted_gaussian(3.0, uncond, cond)
+        dk.tilted_gaussian(3.0, uncond, cond)
 
 
 # ---- classifier and energy guidance ---------------------------------------------------------
@@ -224,13 +214,13 @@ def test_classifier_guidance_with_exact_classifier_is_the_conditional_model(name
     mix = labelled(sch)
     x = mix.sample(6, seed=5, t=0.5 * sch.t_max)
     y = torch.tensor([0, 1, 2, 2, 1, 0])
-    guided = ClassifierGuidance(mix, mix.class_log_prob, 1.0)
+    guided = dk.ClassifierGuidance(mix, mix.class_log_prob, 1.0)
     for t in (0.3 * sch.t_max, mid_times(sch, 6)):
         assert_same(guided(x, t, y), mix(x, t, y), tol=1e-9)
-        assert_same(ClassifierGuidance(mix, mix.class_log_prob, 0.0)(x, t, y), mix(x, t), tol=0)
+        assert_same(dk.ClassifierGuidance(mix, mix.class_log_prob, 0.0)(x, t, y), mix(x, t), tol=0)
         lam = 2.0  # s: the score of p(x) p(y|x)^s
         want = mix.score(x, t) + lam * (mix.score(x, t, y) - mix.score(x, t))
-        torch.testing.assert_close(ClassifierGuidance(mix, mix.class_log_prob, lam)(x, t, y).score, want)
+        torch.testing.assert_close(dk.ClassifierGuidance(mix, mix.class_log_prob, lam)(x, t, y).score, want)
 
 
 @pytest.mark.parametrize("solver", ["ddpm", "ddim", "dpmpp_2m", "euler_maruyama"])
@@ -239,7 +229,7 @@ def test_classifier_guided_sampling_follows_the_conditional_model(solver: str) -
     the exact conditional denoiser."""
     sch = dk.VPSchedule()
     mix = labelled(sch)
-    guided = ClassifierGuidance(mix, mix.class_log_prob, 1.0)
+    guided = dk.ClassifierGuidance(mix, mix.class_log_prob, 1.0)
     run = lambda den: dk.sample(  # noqa: E731
         den, dk.make_solver(solver), shape=(2,), batch=32, steps=25, cond=1, seed=6, dtype=F64, progress=False
     ).x
@@ -253,7 +243,7 @@ def test_classifier_guidance_draws_the_exact_conditional_law() -> None:
     mix = labelled(sch)
     n, y = 4000, 0
     sol = dk.sample(
-        ClassifierGuidance(mix, mix.class_log_prob, 1.0), dk.make_solver("dpmpp_3m"), shape=(2,), batch=n,
+        dk.ClassifierGuidance(mix, mix.class_log_prob, 1.0), dk.make_solver("dpmpp_3m"), shape=(2,), batch=n,
         steps=30, cond=y, seed=7, dtype=F64, progress=False,
     )
     exact = mix.sample(n, seed=8, cond=y)
@@ -275,9 +265,9 @@ def test_energy_guidance_with_the_classifier_energy_is_classifier_guidance() -> 
     y = torch.tensor([0, 1, 2, 2, 1, 0])
     t = mid_times(sch, 6)
     own = lambda x, t, c: -mix.class_log_prob(x, t).gather(1, c[:, None])[:, 0]  # noqa: E731
-    want = ClassifierGuidance(mix, mix.class_log_prob, 1.7)(x, t, y)
-    assert_same(EnergyGuidance(mix, own, 1.7, inner_cond=False)(x, t, y), want)
-    assert_same(EnergyGuidance(mix, ClassifierEnergy(mix.class_log_prob), 1.7, inner_cond=False)(x, t, y), want)
+    want = dk.ClassifierGuidance(mix, mix.class_log_prob, 1.7)(x, t, y)
+    assert_same(dk.EnergyGuidance(mix, own, 1.7, inner_cond=False)(x, t, y), want)
+    assert_same(dk.EnergyGuidance(mix, dk.ClassifierEnergy(mix.class_log_prob), 1.7, inner_cond=False)(x, t, y), want)
 
 
 def test_energy_of_the_denoised_estimate_is_differentiated_through_the_denoiser() -> None:
@@ -286,13 +276,13 @@ def test_energy_of_the_denoised_estimate_is_differentiated_through_the_denoiser(
     mix = GaussianMixture([[0.5, -1.0]], [[0.8, 0.6]], sch)
     c = torch.tensor([1.0, -2.0], dtype=F64)
     x = mix.sample(5, seed=10, t=0.5)
-    got = EnergyGuidance(mix, lambda x0, t, cond: x0 @ c, 0.7, denoised=True)(x, 0.5)
+    got = dk.EnergyGuidance(mix, lambda x0, t, cond: x0 @ c, 0.7, denoised=True)(x, 0.5)
     alpha, sigma = (float(v) for v in sch.alpha_sigma(torch.tensor(0.5, dtype=F64)))
     grad = c * alpha * mix.variances[0] / (alpha**2 * mix.variances[0] + sigma**2)
     assert_same(got, mix(x, 0.5).with_eps(mix(x, 0.5).eps + 0.7 * sigma * grad))
     assert not got.eps.requires_grad
     # differentiable when x is (sample(grad=True)): the guided eps's Jacobian is checked numerically
-    guided = EnergyGuidance(mix, lambda x0, t, cond: (x0**2).sum(1), 0.7, denoised=True)
+    guided = dk.EnergyGuidance(mix, lambda x0, t, cond: (x0**2).sum(1), 0.7, denoised=True)
     assert torch.autograd.gradcheck(lambda v: guided(v, 0.5).eps, x[:2].clone().requires_grad_(True))
 
 
@@ -301,12 +291,12 @@ def test_low_density_guidance_moves_samples_to_rare_parts_of_their_class() -> No
     class-mean embedding lowers log p(x|y) while p(y|x) stays high."""
     sch = dk.VPSchedule()
     mix = GaussianMixture([[3.0, 0.0], [-3.0, 0.0]], 0.7, sch)
-    energy = LowDensityEnergy(lambda x: x, mix.means)  # identity features; class means
+    energy = dk.LowDensityEnergy(lambda x: x, mix.means)  # identity features; class means
     n, y = 2000, 0
     run = lambda den: dk.sample(  # noqa: E731
         den, dk.make_solver("dpmpp_2m"), shape=(2,), batch=n, steps=25, cond=y, seed=11, dtype=F64, progress=False
     ).x
-    plain, rare = run(mix), run(EnergyGuidance(mix, energy, 20.0, denoised=True))
+    plain, rare = run(mix), run(dk.EnergyGuidance(mix, energy, 20.0, denoised=True))
     lp, lp_rare = mix.log_prob(plain, None, y), mix.log_prob(rare, None, y)
     se = math.sqrt((lp.var() + lp_rare.var()) / n)
     assert float(lp.mean() - lp_rare.mean()) > 10 * se
@@ -317,18 +307,18 @@ def test_guidance_rejects_bad_arguments() -> None:
     sch = dk.VPSchedule()
     mix = labelled(sch)
     with pytest.raises(ValueError, match="scale must be a finite number >= 0, got -1"):
-        ClassifierFreeGuidance(mix, -1.0)
+        dk.ClassifierFreeGuidance(mix, -1.0)
     with pytest.raises(ValueError, match=r"interval must be \(lo, hi\)"):
-        ClassifierFreeGuidance(mix, 2.0, interval=(3.0, 1.0))
+        dk.ClassifierFreeGuidance(mix, 2.0, interval=(3.0, 1.0))
     with pytest.raises(ValueError, match=r"rescale must be a number in \[0, 1\]"):
-        ClassifierFreeGuidance(mix, 2.0, rescale=1.5)
+        dk.ClassifierFreeGuidance(mix, 2.0, rescale=1.5)
     with pytest.raises(ValueError, match="needs a condition"):
-        ClassifierFreeGuidance(mix, 2.0)(torch.zeros(2, 2), 0.5)
+        dk.ClassifierFreeGuidance(mix, 2.0)(torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match="scale must be"):
-        ClassifierGuidance(mix, mix.class_log_prob, math.inf)
+        dk.ClassifierGuidance(mix, mix.class_log_prob, math.inf)
     with pytest.raises(ValueError, match="needs class labels"):
-        ClassifierGuidance(mix, mix.class_log_prob)(torch.zeros(2, 2), 0.5)
+        dk.ClassifierGuidance(mix, mix.class_log_prob)(torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match=r"one value per sample \(2,\)"):
-        EnergyGuidance(mix, lambda x, t, c: x.sum(), 1.0)(torch.zeros(2, 2), 0.5)
+        dk.EnergyGuidance(mix, lambda x, t, c: x.sum(), 1.0)(torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match="class_means must be"):
-        LowDensityEnergy(lambda x: x, torch.zeros(3))
+        dk.LowDensityEnergy(lambda x: x, torch.zeros(3))

@@ -5,6 +5,7 @@ from .guidance import (
     ClassifierEnergy,
     ClassifierFreeGuidance,
     ClassifierGuidance,
+    DiagonalGaussian,
     EnergyGuidance,
     LowDensityEnergy,
     cfg_gaussian_ode_map,
@@ -30,8 +31,8 @@ from .solvers import DDIM, DDPM, SOLVERS, make_solver
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClassifierEnergy", "ClassifierFreeGuidance", "ClassifierGuidance", "EnergyGuidance", "LowDensityEnergy",
-    "cfg_gaussian_ode_map", "tilted_gaussian",
+    "ClassifierEnergy", "ClassifierFreeGuidance", "ClassifierGuidance", "DiagonalGaussian", "EnergyGuidance",
+    "LowDensityEnergy", "cfg_gaussian_ode_map", "tilted_gaussian",
     "DDIM", "DDPM", "Constraint", "Denoiser", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",
