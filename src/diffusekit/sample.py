@@ -16,11 +16,11 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .denoiser import Cond, Denoiser
 from .noise import NoiseSource
 from .parameterization import Prediction
+from .progress import progress_bar
 from .schedules.base import NoiseSchedule
 from .schedules.grids import Grid, make_grid
 from .utils import check_positive_int
@@ -191,7 +191,7 @@ def sample(
     traj = [x] if save_trajectory else []
     ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
     n = grid.n_steps
-    for i in tqdm(range(n), desc=solver.name, leave=False) if progress else range(n):
+    for i in progress_bar(range(n), desc=solver.name, leave=False) if progress else range(n):
         st = Step(i, ts[i], ts[i + 1], alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], n - i)
         x, _, state = solver.step(ctx, x, st, state)
         for c in constraints:
