@@ -294,12 +294,13 @@ def load_run(run_dir: str | Path, which: str = "ema", report: Report = to_stderr
     info = RunInfo.read(run)
     denoiser = build_denoiser(cfg, info)
     ckpt, skipped = newest_checkpoint(run / "checkpoints", with_state=False)
-    for path, reason in skipped:
-        report(f"skipped checkpoint {path.name}: {reason}")
     if ckpt is None:
         if skipped:
-            raise CorruptCheckpointError(f"no readable checkpoint in {run / 'checkpoints'} (see above)")
+            raise CorruptCheckpointError(f"no readable checkpoint in {run / 'checkpoints'}: "
+                                         + "; ".join(reason for _, reason in skipped))
         raise FileNotFoundError(f"{run} has no checkpoint yet; train it first (diffusekit train ... --out {run})")
+    for path, reason in skipped:
+        report(f"skipped checkpoint {path.name}: {reason}")
     check_checkpoint_meta(ckpt, cfg, info, run / "config.toml")
     copy_weights(ckpt, denoiser.net, which)  # type: ignore[arg-type]
     denoiser.eval()
