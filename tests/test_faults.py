@@ -62,6 +62,18 @@ def _in_child(action) -> int:  # type: ignore[no-untyped-def]
     return pid
 
 
+def _wait(pid: int, seconds: float) -> int:
+    """The child's wait status; SIGKILL it if it has not ended within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
+
+
 def _kill_inside(name: str, module: object, call: int, torn: bool = False) -> None:
     """In the child: SIGKILL itself during the ``call``-th call of ``module.name`` (after its temporary file,
     or half a metrics line, is written)."""
@@ -121,7 +133,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(reference: tuple[Path
     if kill == "random":
         time.sleep(rng.uniform(0.0, 1.2 * seconds))
         os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+    status = _wait(pid, seconds=120)
     assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, status
     found = list_checkpoints(out / "checkpoints")
     if "checkpoint" in damage and found:
@@ -160,7 +172,7 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_exit(tmp_path: Path, signum: 
     while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(pid, signum)
-    _, code = os.waitpid(pid, 0)
+    code = _wait(pid, seconds=60)
     assert os.WIFEXITED(code) and os.WEXITSTATUS(code) == status, (code, messages.read_text())
     (ckpt,) = list_checkpoints(out / "checkpoints")
     step = read_checkpoint(ckpt).step
