@@ -28,7 +28,8 @@ class LineProgress:
         self.n = self._start_n = initial
         self._start = self._last = time.monotonic()
         self._postfix = ""
-        self._printed = self._closed = False
+        self._printed_n: int | None = None
+        self._closed = False
 
     def __iter__(self) -> Iterator[Any]:
         assert self.iterable is not None
@@ -56,12 +57,13 @@ class LineProgress:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self.n > self._start_n and (self.leave or self._printed):
+            printed = self._printed_n is not None
+            if self.n > self._start_n and self.n != self._printed_n and (self.leave or printed):
                 self._print()
 
     def _print(self) -> None:
         now = time.monotonic()
-        self._last, self._printed = now, True
+        self._last, self._printed_n = now, self.n
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = (self.n - self._start_n) / max(now - self._start, 1e-9)
