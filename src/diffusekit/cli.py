@@ -111,11 +111,12 @@ def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: b
     click.echo(f"trained {trainer.step} steps; run folder {run_dir} (loss curve {run_dir / 'loss.png'})")
 
 
-def _output_path(out: str | None, default: Path, data_shape: tuple[int, ...]) -> Path:
-    """Where ``sample`` writes: ``.npy`` for any data, ``.png`` for images; anything else is refused."""
-    path = Path(out) if out is not None else default
-    suffix = path.suffix.lower()
+def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) -> Path:
+    """Where ``sample`` writes: ``.npy`` for any data, ``.png`` for images (default ``RUN_DIR/grid.png``, else
+    ``RUN_DIR/samples.npy``); anything else is refused."""
     images = len(data_shape) == 3 and data_shape[0] in (1, 3)
+    path = Path(out) if out is not None else run_dir / ("grid.png" if images else "samples.npy")
+    suffix = path.suffix.lower()
     if suffix == ".png" and not images:
         raise ValueError(f"--out {path}: a .png needs images of 1 or 3 channels, this run's data have shape "
                          f"{data_shape}; allowed: a .npy file")
@@ -154,8 +155,7 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
         make_solver(name, **opts)
         if grid is not None:
             GRIDS.get(grid)
-        images = len(run.info.data_shape) == 3
-        path = _output_path(out, Path(run_dir) / ("grid.png" if images else "samples.npy"), run.info.data_shape)
+        path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
     sol = sample_denoiser(run.denoiser, run.info, name, nfe or run.config.sampling.nfe, count, seed=seed,

@@ -84,14 +84,16 @@ def run_meta(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
     }
 
 
-def check_checkpoint_meta(ckpt: Checkpoint, cfg: RunConfig, info: RunInfo, where: Path) -> None:
-    """Refuse a checkpoint whose recorded model, schedule, parameterization or data differ from the run's."""
+def check_checkpoint_meta(ckpt: Checkpoint, cfg: RunConfig, info: RunInfo, run: Path) -> None:
+    """Refuse a checkpoint whose recorded model, schedule, parameterization or data differ from the run's
+    (``config.toml`` and ``run.json`` in the folder ``run``)."""
     expected = run_meta(cfg, info)
     recorded = dict(ckpt.meta)
     if "diffusion.parameterization" not in recorded and "parameterization" in recorded:  # older checkpoints
         recorded["diffusion.parameterization"] = recorded["parameterization"]
     for key, value in expected.items():
         if key in recorded and recorded[key] != value:
+            where = run / ("run.json" if key in ("data_shape", "num_classes") else "config.toml")
             raise CheckpointMismatchError(
                 f"checkpoint {ckpt.path.name} was trained with {key}={recorded[key]!r} but {where} says {value!r}; "
                 f"allowed: set it back to {recorded[key]!r}, or train a new run in another folder"
@@ -227,7 +229,7 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
     if has_ckpt:
         ckpt, prepared.skipped = newest_checkpoint(run / "checkpoints")
         if ckpt is not None:
-            check_checkpoint_meta(ckpt, cfg, info, run / "config.toml")
+            check_checkpoint_meta(ckpt, cfg, info, run)
             check_compatible(ckpt.path, denoiser.net, ckpt.tensors, "model")  # type: ignore[arg-type]
             if ckpt.step > cfg.steps:
                 raise ValueError(f"steps must be at least {ckpt.step} to continue {run} (it is at step {ckpt.step}), "
@@ -301,7 +303,7 @@ def load_run(run_dir: str | Path, which: str = "ema", report: Report = to_stderr
         raise FileNotFoundError(f"{run} has no checkpoint yet; train it first (diffusekit train ... --out {run})")
     for path, reason in skipped:
         report(f"skipped checkpoint {path.name}: {reason}")
-    check_checkpoint_meta(ckpt, cfg, info, run / "config.toml")
+    check_checkpoint_meta(ckpt, cfg, info, run)
     copy_weights(ckpt, denoiser.net, which)  # type: ignore[arg-type]
     denoiser.eval()
     return LoadedRun(denoiser, cfg, info, ckpt.meta)
