@@ -10,27 +10,16 @@ the within-component spread relative to the truth (1 = exact; collapse < 1).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
 from torch import Tensor
 
-import diffusekit as dk
 from diffusekit.oracle import GaussianMixture
 
-
-def sharp_mixture(dim: int = 64, components: int = 8, seed: int = 0) -> GaussianMixture:
-    """The benchmark oracle on ``DiscreteSchedule('linear', 1000)``."""
-    g = torch.Generator().manual_seed(seed)
-    means = 2 * torch.rand(components, dim, generator=g, dtype=torch.float64) - 1
-    stds = 0.02 + 0.08 * torch.rand(components, generator=g, dtype=torch.float64)
-    return GaussianMixture(means, stds, dk.DiscreteSchedule("linear", 1000))
-
-
-def start_points(oracle: GaussianMixture, n: int, seed: int = 1) -> Tensor:
-    """n draws of x_T ~ N(0, prior_std^2 I) in float64."""
-    g = torch.Generator().manual_seed(seed)
-    return oracle.schedule.prior_std() * torch.randn(n, oracle.dim, generator=g, dtype=torch.float64)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from anchor_helpers import sharp_mixture, start_points  # noqa: E402,F401  (shared with the anchor tests)
 
 
 def reference(oracle: GaussianMixture, x_T: Tensor) -> Tensor:

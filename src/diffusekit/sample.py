@@ -293,7 +293,10 @@ def _run(
     cache_times = getattr(denoiser, "cache_times", None)
     if grid.per_sample:
         if not solver.per_sample_times:
-            raise ValueError(f"solver {solver.name!r} takes one time per step; a per-sample grid needs one of: {', '.join(per_sample_solvers())}")
+            raise ValueError(
+                f"solver {solver.name!r} takes one time per step; a per-sample grid needs a solver with "
+                "per_sample_times (`diffusekit solvers` lists them)"
+            )
         if grid.t.shape[1] != x.shape[0]:
             raise ValueError(f"the per-sample grid has {grid.t.shape[1]} columns for a batch of {x.shape[0]}")
         ts, alphas, sigmas = grid.t.unbind(0), grid.alpha.unbind(0), grid.sigma.unbind(0)
@@ -342,13 +345,6 @@ def steps_for_nfe(solver: Solver, schedule: NoiseSchedule, nfe: int, grid: str |
     while solver.nfe(make_grid(rule, schedule, n + 1)) <= nfe:  # type: ignore[operator]
         n += 1
     return n
-
-
-def per_sample_solvers() -> list[str]:
-    """Names of the registered solvers that accept per-sample grids."""
-    from .solvers import SOLVERS
-
-    return [n for n in SOLVERS.names() if SOLVERS.get(n).per_sample_times]
 
 
 def _after_step(
