@@ -16,11 +16,11 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .denoiser import Cond, DenoiserLike, device_of
 from .noise import NoiseSource
 from .parameterization import Prediction
+from .progress import progress_bar
 from .schedules.base import NoiseSchedule
 from .schedules.grids import Grid, make_grid
 from .utils import append_dims, check_positive_int
@@ -307,7 +307,7 @@ def _run(
     ctx = StepContext(model, schedule, noise)
     traj = [x] if save_trajectory else []
     runs = grid.falling_runs()
-    bar = tqdm(total=grid.n_steps, desc=solver.name, leave=False, disable=not progress)
+    bar = progress_bar(total=grid.n_steps, desc=solver.name, leave=False, enabled=progress)
     for start, stop in runs:
         if grid.jumps and ts[stop] > ts[start]:  # a rising interval: jump up, no solver
             st = Step(0, ts[start], ts[stop], alphas[start], sigmas[start], alphas[stop], sigmas[stop], None)
@@ -357,7 +357,7 @@ def _after_step(
     newest: list[Prediction],
     save_trajectory: bool,
     traj: list[Tensor],
-    bar: tqdm,
+    bar: Any,
 ) -> Tensor:
     """The loop's work after one grid interval: constraints, callback, trajectory, progress."""
     for c in constraints:
