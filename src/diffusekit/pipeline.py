@@ -28,7 +28,7 @@ from .files import atomic_write_text, remove_orphan_temp_files
 from .image_grid import save_image_grid
 from .losses import DSMLoss
 from .models import mlp_preset, unet_preset
-from .sample import Solution, sample
+from .sample import Solution, sample, steps_for_nfe
 from .schedules import GRIDS, make_grid, make_schedule
 from .solvers import make_solver
 from .train import (
@@ -309,17 +309,6 @@ def load_run(run_dir: str | Path, which: str = "ema", report: Report = to_stderr
     return LoadedRun(denoiser, cfg, info, ckpt.meta)
 
 
-def steps_for_nfe(solver_name: str, nfe: int, **options: Any) -> int:
-    """Grid steps so that the solver spends about ``nfe`` model calls.
-
-    Adaptive solvers set their own NFE from their tolerances: they get their ``default_steps``.
-    """
-    solver = make_solver(solver_name, **options)
-    if solver.adaptive:
-        return solver.default_steps
-    return max(1, round(nfe / float(solver.nfe_per_step)))
-
-
 def sample_denoiser(
     denoiser: Denoiser,
     info: RunInfo,
@@ -334,9 +323,9 @@ def sample_denoiser(
     progress: bool = False,
     **options: Any,
 ) -> Solution:
-    """Sample ``n`` items with a solver by name at about ``nfe`` model calls."""
+    """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls."""
     solver = make_solver(solver_name, **options)
-    steps = steps_for_nfe(solver_name, nfe, **options)
+    steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
     g = make_grid(grid or solver.default_grid, denoiser.schedule, steps)
     return sample(
         denoiser, solver, shape=info.data_shape, batch=n, grid=g, seed=seed, cond=cond,
