@@ -134,7 +134,7 @@ def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) ->
 @click.option("--nfe", type=NFE, default=None, help=f"model evaluations, 1 to {MAX_NFE:,}")
 @click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="number of samples")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--grid", default=None, help="step grid name (default: the solver's)")
+@click.option("--grid", default=None, help="step grid: a rule name, or 'paper' (each solver's paper grid); default: the solver's")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
@@ -145,16 +145,14 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     from .files import atomic_write
     from .image_grid import save_image_grid
     from .pipeline import load_run, sample_denoiser
-    from .schedules import GRIDS
+    from .sample import grid_rule
     from .solvers import make_solver
 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
         name = solver or run.config.sampling.solver
-        make_solver(name, **opts)
-        if grid is not None:
-            GRIDS.get(grid)
+        grid_rule(make_solver(name, **opts), grid)
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)

@@ -117,6 +117,7 @@ class GaussianPC(Solver):
     stochastic = False
     nfe_per_step = 1
     default_grid = "gaussian_lambda"
+    paper_grid = "gaussian_lambda"  # its own grid
 
     def __post_init__(self) -> None:
         check_order(self.order, range(2 if self.corrector else 1, 9))

@@ -99,6 +99,7 @@ class Euler(_ChurnMixin, Solver):
     order = 1
     nfe_per_step = 1
     default_grid = "tuned_warp"
+    paper_grid = "karras"  # Karras et al. 2022, eq. 5
 
     def __post_init__(self) -> None:
         self._check_churn()
@@ -132,6 +133,7 @@ class Heun(_ChurnMixin, Solver):
     order = 2
     nfe_per_step = 2
     default_grid = "tuned_lambda"
+    paper_grid = "karras"  # Karras et al. 2022, eq. 5
 
     def __post_init__(self) -> None:
         self._check_churn()
@@ -181,6 +183,7 @@ class EulerAncestral(Solver):
     order = 1
     nfe_per_step = 1
     default_grid = "tuned_warp"
+    paper_grid = "karras"  # k-diffusion's sample_euler_ancestral grid
 
     def __post_init__(self) -> None:
         if not self.eta >= 0:
