@@ -1,6 +1,8 @@
 """The exact oracle: a Gaussian mixture whose every diffusion quantity is known in closed form.
 
-For data x0 ~ sum_k w_k N(mu_k, diag(s_k^2)) and x_t = alpha x0 + sigma eps,
+For data x0 ~ sum_k w_k N(mu_k, Q diag(s_k^2) Q^T) (Q orthogonal, the identity by default)
+and x_t = alpha x0 + sigma eps, the noise is isotropic, so in the eigen-frame y = Q^T x every
+component is diagonal; below, x, mu_k are in that frame and results are mapped back by Q.
 the marginal is p_t(x) = sum_k w_k N(x; alpha mu_k, diag(alpha^2 s_k^2 + sigma^2)),
 and with responsibilities r_k(x) the posterior means are
 
@@ -30,10 +32,12 @@ from .utils import append_dims
 
 
 class GaussianMixture(Denoiser):
-    """A mixture of diagonal Gaussians, exact for any schedule and any data shape.
+    """A mixture of Gaussians, exact for any schedule and any data shape.
 
     ``means`` is (K, D); ``stds`` a float, (K,) (isotropic) or (K, D) (diagonal);
-    ``weights`` (K,) (uniform by default). ``shape`` reshapes the D-vector, e.g.
+    ``weights`` (K,) (uniform by default). ``rotation``: an orthogonal (D, D) Q shared by
+    the components, whose covariances are then Q diag(stds_k^2) Q^T (full covariance;
+    ``stds`` are the standard deviations along Q's columns). ``shape`` reshapes the D-vector, e.g.
     (1, 4, 4) to pose as images. Class-conditional calls (``cond`` = component
     index per sample) use one class per component.
     """
@@ -45,6 +49,7 @@ class GaussianMixture(Denoiser):
         schedule: NoiseSchedule,
         weights: Tensor | Sequence | None = None,
         shape: Sequence[int] | None = None,
+        rotation: Tensor | Sequence | None = None,
     ) -> None:
         super().__init__(None, schedule, "x0")
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -58,7 +63,12 @@ class GaussianMixture(Denoiser):
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != (k,) or not bool((weights > 0).all()):
             raise ValueError(f"weights must be {k} positive numbers")
+        if rotation is not None:
+            rotation = torch.as_tensor(rotation, dtype=torch.float64)
+            if rotation.shape != (d, d) or not torch.allclose(rotation.T @ rotation, torch.eye(d, dtype=torch.float64), atol=1e-10):
+                raise ValueError(f"rotation must be an orthogonal ({d}, {d}) matrix")
         self.register_buffer("means", means)
+        self.register_buffer("rotation", rotation)
         self.register_buffer("variances", stds.pow(2).contiguous())
         self.register_buffer("log_weights", (weights / weights.sum()).log())
         self.data_shape = tuple(shape) if shape is not None else (d,)
@@ -73,15 +83,28 @@ class GaussianMixture(Denoiser):
     def dim(self) -> int:
         return self.means.shape[1]
 
+    def to_frame(self, x: Tensor) -> Tensor:
+        """Flat (B, D) points in the components' eigen-frame, y = Q^T x (x itself without rotation)."""
+        return x if self.rotation is None else x @ self.rotation
+
+    def from_frame(self, y: Tensor) -> Tensor:
+        """The inverse of ``to_frame``: x = Q y."""
+        return y if self.rotation is None else y @ self.rotation.T
+
     # ---- closed forms --------------------------------------------------------
     def posterior(
         self, x: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(E[x0 | x], E[eps | x], log p_t(x)) for flat float64 x (B, D) and alpha, sigma (B,)."""
+        """(E[x0 | x], E[eps | x], log p_t(x)) for flat float64 x (B, D) and alpha, sigma (B,).
+
+        Computed in the eigen-frame (``to_frame``), where each component is diagonal, and
+        mapped back: E[x0 | x] = Q E[y0 | Q^T x], likewise for eps; |det Q| = 1 leaves log p.
+        """
         a = alpha.reshape(-1, 1, 1)
         s = sigma.reshape(-1, 1, 1)
         var = a**2 * self.variances + s**2  # (B, K, D)
-        diff = x[:, None, :] - a * self.means  # (B, K, D)
+        means = self.to_frame(self.means)
+        diff = self.to_frame(x)[:, None, :] - a * means  # (B, K, D)
         log_n = -0.5 * (torch.log(2 * math.pi * var) + diff**2 / var).sum(-1)
         logits = self.log_weights + log_n
         if cond is not None:
@@ -89,8 +112,8 @@ class GaussianMixture(Denoiser):
             logits = logits.masked_fill(~mask, -math.inf)
         log_p = torch.logsumexp(logits, 1)
         r = torch.softmax(logits, 1)[..., None]
-        x0 = (r * (self.means + a * self.variances / var * diff)).sum(1)
-        eps = (r * (s / var * diff)).sum(1)
+        x0 = self.from_frame((r * (means + a * self.variances / var * diff)).sum(1))
+        eps = self.from_frame((r * (s / var * diff)).sum(1))
         if cond is not None:
             log_p = log_p - self.log_weights[torch.as_tensor(cond, device=x.device).long()]
         return x0, eps, log_p
@@ -131,7 +154,7 @@ class GaussianMixture(Denoiser):
             comp = torch.as_tensor(cond).long().cpu().expand(n)
         comp = comp.to(self.means.device)
         z = torch.randn(n, self.dim, generator=g, dtype=torch.float64).to(self.means.device)
-        x0 = self.means[comp] + self.variances[comp].sqrt() * z
+        x0 = self.means[comp] + self.from_frame(self.variances[comp].sqrt() * z)
         if t is not None:
             alpha, sigma = self.schedule.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
             eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64).to(x0.device)
