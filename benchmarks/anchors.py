@@ -14,6 +14,8 @@
   ``k_discrete_sigmas`` is ``DiscreteSchedule.get_sigmas`` (log-sigma interpolation of the
   training sigmas at n equally spaced indices).
 - ``grid_of_scheduler`` / ``grid_from_sigmas``: the same points as a diffusekit ``Grid``.
+- EDM schedule (alpha = 1): ``diffusers_edm_scheduler`` / ``DiffusersEDMOracle`` (diffusers'
+  EDM schedulers with the exact model behind their preconditioning), ``k_edm_sigmas``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import types
@@ -36,6 +39,8 @@ from diffusekit.oracle import GaussianMixture
 
 def load_k_diffusion_sampling() -> types.ModuleType | None:
     """Import k_diffusion.sampling alone (its package __init__ pulls in unrelated extras)."""
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or spec.origin is None:
         return None
@@ -280,9 +285,12 @@ def k_discrete_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
 def k_karras_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
     """Karras et al. 2022 eq. (5) between the training sigmas' ends (rho = 7), then 0 (float64)."""
     s = training_sigmas(schedule)
+    return _karras_sigmas(float(s[0]), float(s[-1]), n)
+
+
+def _karras_sigmas(lo: float, hi: float, n: int) -> Tensor:
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    lo, hi = float(s[0]) ** (1 / 7), float(s[-1]) ** (1 / 7)
-    return torch.cat([(hi + ramp * (lo - hi)) ** 7, ramp.new_zeros(1)])
+    return torch.cat([(hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7, ramp.new_zeros(1)])
 
 
 def grid_from_sigmas(schedule: dk.NoiseSchedule, s: Tensor) -> dk.Grid:
@@ -298,3 +306,54 @@ def grid_from_sigmas(schedule: dk.NoiseSchedule, s: Tensor) -> dk.Grid:
     t = torch.zeros_like(s)
     t[inner] = schedule.t_of_log_snr(-s[inner].log()).clamp(schedule.t_min, schedule.t_max)
     return dk.Grid(t, alpha, sigma)
+
+
+# short name -> (diffusers class, options) for the EDM schedule (sigma in [sigma_min, sigma_max], alpha = 1)
+DIFFUSERS_EDM_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "edm_euler": ("EDMEulerScheduler", {}),
+    "edm_dpm++2m": ("EDMDPMSolverMultistepScheduler", {"solver_order": 2}),
+    "edm_dpm++3m": ("EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+}
+
+
+def diffusers_edm_scheduler(name: str, schedule: dk.EDMSchedule, sigma_schedule: str = "karras") -> Any:
+    """A fresh diffusers EDM scheduler ``DIFFUSERS_EDM_SCHEDULERS[name]`` on the schedule's sigma range,
+    its sigmas spaced by ``sigma_schedule`` ('karras', rho = 7, or 'exponential'), ending at 0."""
+    cls_name, defaults = DIFFUSERS_EDM_SCHEDULERS[name]
+    cls = getattr(load_diffusers(), cls_name)
+    return cls(sigma_min=schedule.t_min, sigma_max=schedule.t_max, sigma_schedule=sigma_schedule,
+               prediction_type="epsilon", **defaults)
+
+
+class DiffusersEDMOracle:
+    """The exact oracle behind diffusers' EDM preconditioning (Karras et al. 2022, Table 1): it gets
+    c_in x and c_noise = log(sigma) / 4 and returns F with c_skip x + c_out F = E[x0 | x]
+    (``prediction_type='epsilon'``); counts its calls."""
+
+    def __init__(self, oracle: GaussianMixture, sigma_data: float) -> None:
+        self.oracle = oracle
+        self.sigma_data = sigma_data
+        self.calls = 0
+
+    def __call__(self, x_in: Tensor, c_noise: Tensor | float) -> Tensor:
+        self.calls += 1
+        s = torch.exp(4 * torch.as_tensor(c_noise, dtype=torch.float64)).reshape(-1).expand(x_in.shape[0])
+        norm = (s * s + self.sigma_data**2).sqrt()[:, None]
+        x = x_in.double().flatten(1) * norm
+        alpha = (1 + s * s).rsqrt()
+        x0, _, _ = self.oracle.posterior(x * alpha[:, None], alpha, s * alpha)
+        c_skip = self.sigma_data**2 / norm**2
+        c_out = s[:, None] * self.sigma_data / norm
+        return ((x0 - c_skip * x) / c_out).to(x_in.dtype).reshape(x_in.shape)
+
+
+def k_edm_sigmas(schedule: dk.EDMSchedule, n: int, spacing: str) -> Tensor:
+    """k-diffusion's ``get_sigmas_karras`` (rho = 7) or ``get_sigmas_exponential`` on the schedule's
+    sigma range, then 0 (float64)."""
+    lo, hi = schedule.t_min, schedule.t_max
+    if spacing == "karras":
+        return _karras_sigmas(lo, hi, n)
+    if spacing != "exponential":
+        raise ValueError(f"spacing must be 'karras' or 'exponential', got {spacing!r}")
+    s = torch.exp(torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64))
+    return torch.cat([s, s.new_zeros(1)])

@@ -100,20 +100,29 @@ class GaussianMixture(Denoiser):
         Computed in the eigen-frame (``to_frame``), where each component is diagonal, and
         mapped back: E[x0 | x] = Q E[y0 | Q^T x], likewise for eps; |det Q| = 1 leaves log p.
         """
+        if alpha.numel() > 1 and bool((alpha == alpha[0]).all()) and bool((sigma == sigma[0]).all()):
+            alpha, sigma = alpha[:1], sigma[:1]  # one noise level: (K, D) coefficients, (B, K) matrix products
         a = alpha.reshape(-1, 1, 1)
         s = sigma.reshape(-1, 1, 1)
-        var = a**2 * self.variances + s**2  # (B, K, D)
+        prec = 1 / (a**2 * self.variances + s**2)  # (B or 1, K, D)
         means = self.to_frame(self.means)
-        diff = self.to_frame(x)[:, None, :] - a * means  # (B, K, D)
-        log_n = -0.5 * (torch.log(2 * math.pi * var) + diff**2 / var).sum(-1)
+        y = self.to_frame(x)
+        diff = y[:, None, :] - a * means  # (B, K, D)
+        log_n = 0.5 * (torch.log(prec / (2 * math.pi)).sum(-1) - (diff**2 * prec).sum(-1))
         logits = self.log_weights + log_n
         if cond is not None:
             mask = torch.nn.functional.one_hot(torch.as_tensor(cond, device=x.device).long(), self.num_components).bool()
             logits = logits.masked_fill(~mask, -math.inf)
         log_p = torch.logsumexp(logits, 1)
-        r = torch.softmax(logits, 1)[..., None]
-        x0 = self.from_frame((r * (means + a * self.variances / var * diff)).sum(1))
-        eps = self.from_frame((r * (s / var * diff)).sum(1))
+        r = torch.softmax(logits, 1)
+        gain = a * self.variances * prec  # E[y0 | y, k] = mu_k + gain_k (y - a mu_k)
+        if prec.shape[0] == 1:  # sum_k r_k (c_k + g_k y) as (B, K) @ (K, D)
+            x0 = r @ (means * (1 - a * gain))[0] + y * (r @ gain[0])
+            eps = y * (r @ (s * prec)[0]) - r @ (s * a * means * prec)[0]
+        else:
+            x0 = (r[..., None] * (means + gain * diff)).sum(1)
+            eps = (r[..., None] * (s * prec * diff)).sum(1)
+        x0, eps = self.from_frame(x0), self.from_frame(eps)
         if cond is not None:
             log_p = log_p - self.log_weights[torch.as_tensor(cond, device=x.device).long()]
         return x0, eps, log_p
