@@ -126,7 +126,7 @@ class Quality:
     rmse_right: float  # RMSE over the trajectories that end in the right component
     spread: float  # within-component std of the samples / true std (1 = exact)
     log_lik: float  # mean log p0(x) of the samples under the true mixture (nats)
-    spread_narrow: float = math.nan  # spread along each component's narrowest third of eigen-directions
+    spread_narrow: float = math.nan  # spread along each component's narrowest third of eigen-directions (nan: isotropic)
     spread_wide: float = math.nan  # ... and its widest third
 
 
@@ -140,6 +140,8 @@ def quality(oracle: GaussianMixture, x: Tensor, ref: Tensor) -> Quality:
     order = oracle.variances[comp].argsort(1)
     third = max(1, oracle.dim // 3)
     narrow, wide = z2.gather(1, order[:, :third]), z2.gather(1, order[:, -third:])
+    if not bool((oracle.variances.amax(1) > 1.0001 * oracle.variances.amin(1)).any()):  # isotropic modes: no narrow / wide
+        narrow = wide = z2.new_full((1,), math.nan)
     return Quality(
         rmse=float(err.mean().sqrt()),
         wrong_component=float((~right).double().mean()),

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 import diffusekit as dk
-from diffusekit.solvers import SOLVERS, make_solver
+from diffusekit.solvers import DEFAULT_SOLVER, SOLVERS, make_solver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anchors  # noqa: E402
@@ -432,19 +432,21 @@ CANDIDATES: list[tuple[str, dict, str | None, dict]] = [  # (solver, options, gr
     ("gaussian_pc", {}, "uniform_lambda", {}),
     ("ipndm", {}, "uniform_lambda", {}),
     ("deis", {"order": 3}, "uniform_lambda", {}),
+    ("dpm_solver", {"order": 2}, "uniform_lambda", {}),
+    *[("unipc", {"order": o, "end": "gaussian"}, "uniform_lambda", {}) for o in (3, 4)],
+    ("dpm_solver", {"order": 3, "end": "gaussian"}, "uniform_lambda", {}),
 ]
 """The diffusekit configurations tried for the default (issue 11, "Find and build a default"). Karras-grid
 and UniPC-bh1 variants were dropped after the first full cell (2-16x the best anchor there)."""
 
 
 DEFAULT_LABEL = "default"
-DEFAULT = ("unipc", {"order": 3}, "uniform_lambda", {})  # provisional, until the library names its default
 
 
 def default_method(oracle) -> Method:
-    """The library's default sampler on its default grid, labelled ``DEFAULT_LABEL``."""
-    name, options, grid, grid_options = DEFAULT
-    method = diffusekit_method(oracle, name, make_solver(name, **options), grid, **grid_options)
+    """The library's default sampler (``diffusekit.solvers.DEFAULT_SOLVER`` on its default grid),
+    labelled ``DEFAULT_LABEL``."""
+    method = diffusekit_method(oracle, DEFAULT_SOLVER, make_solver(DEFAULT_SOLVER), None)
     method.name = DEFAULT_LABEL
     return method
 
@@ -515,6 +517,22 @@ def ratio_cell(rows: list[dict], method: str, nfe: int) -> tuple[float, dict | N
     return row["rmse"] / best["rmse"], row
 
 
+def meets_goal(ratio: float, row: dict, nfe: int) -> bool:
+    """Issue 11's goal for the default: ratio <= 0.5, and at NFE >= 10 every spread within 0.95-1.05."""
+    spreads = [v for v in (row["spread"], row["spread_narrow"], row["spread_wide"]) if not math.isnan(v)]
+    return ratio <= 0.5 and (nfe < 10 or all(abs(v - 1) <= 0.05 for v in spreads))
+
+
+def summary_cell(rows: list[dict], nfe: int) -> str:
+    """'ratio (wrong; spread n/w)' of the default at one NFE, with **MISS** when it misses the goal."""
+    ratio, r = ratio_cell(rows, DEFAULT_LABEL, nfe)
+    if r is None or "rmse" not in r:
+        return "not run **MISS**" if r is None else f"{r.get('error', 'failed')} **MISS**"
+    text = (f"{ratio:.2f} ({r['wrong_component']:.4f}; {r['spread']:.2f}"
+            + (f" {r['spread_narrow']:.2f}/{r['spread_wide']:.2f}" if abs(r["spread_narrow"] - r["spread_wide"]) > 0.02 else "") + ")")
+    return text if meets_goal(ratio, r, nfe) else f"{text} **MISS**"
+
+
 def write_family_report(data: dict, out: Path) -> None:
     """solver_families.md: per cell the best anchors and the default; then every candidate's ratio."""
     nfes = data["setup"]["nfes"]
@@ -525,6 +543,12 @@ def write_family_report(data: dict, out: Path) -> None:
           "configuration at that NFE, NFE used <= target). Goal: ratio <= 0.5, spread within 0.95-1.05 at NFE >= 10; "
           "cells missing it are marked **MISS**. Tuning cells (the default was chosen on them): "
           + ", ".join(f"{f}/{s}" for f, s in data["setup"]["tuning_cells"]) + ".", ""]
+    md += ["### The default: RMSE / best anchor RMSE (wrong-mode fraction; spread overall, narrowest / widest third)", "",
+           "| family / schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
+    for family, schedule, rows in cells:
+        tag = " (tuning)" if [family, schedule] in data["setup"]["tuning_cells"] else ""
+        md.append(f"| {family} / {schedule}{tag} | " + " | ".join(summary_cell(rows, nfe) for nfe in nfes) + " |")
+    md.append("")
     for family, schedule, rows in cells:
         tag = " (tuning cell)" if [family, schedule] in data["setup"]["tuning_cells"] else " (held out)"
         md += [f"### {family} / {schedule}{tag}", "",
@@ -540,11 +564,11 @@ def write_family_report(data: dict, out: Path) -> None:
                 md.append(f"| {nfe} | {' | '.join(cols)} | {r.get('error', 'not run') if r else 'not run'} | | | | | | **MISS** |")
                 continue
             spreads = (r["spread"], r["spread_narrow"], r["spread_wide"])
-            ok = ratio <= 0.5 and (nfe < 10 or all(abs(v - 1) <= 0.05 for v in spreads))
+            ok = meets_goal(ratio, r, nfe)
             md.append(f"| {nfe} | {' | '.join(cols)} | {fmt(r['rmse'], '.2e')} | {ratio:.2f} | {fmt(r['wrong_component'], '.4f')} | "
                       + " | ".join(fmt(v, ".3f") for v in spreads) + f" | {'ok' if ok else '**MISS**'} |")
         md.append("")
-    labels = sorted({r["method"] for r in data["rows"] if r["library"] == "diffusekit"})
+    labels = sorted(set.intersection(*({r["method"] for r in rows if r["library"] == "diffusekit"} for _, _, rows in cells)))
     md += ["### Every diffusekit configuration: RMSE / best anchor RMSE per cell and NFE", "",
            "Worst = largest ratio over all cells and NFEs (inf: failed or used more calls); 'spread miss' = cells x NFE >= 10 "
            "with any spread (overall, narrow, wide) outside 0.95-1.05.", "",
@@ -558,7 +582,7 @@ def write_family_report(data: dict, out: Path) -> None:
                 ratio, r = ratio_cell(rows, label, nfe)
                 ratios.append(ratio)
                 if nfe >= 10 and r is not None and "spread" in r and any(
-                        abs(r[k] - 1) > 0.05 for k in ("spread", "spread_narrow", "spread_wide")):
+                        abs(r[k] - 1) > 0.05 for k in ("spread", "spread_narrow", "spread_wide") if not math.isnan(r[k])):
                     misses += 1
             allr += ratios
             per_cell.append("/".join("x" if math.isinf(v) else f"{v:.2f}" for v in ratios))
