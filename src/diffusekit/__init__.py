@@ -1,9 +1,9 @@
 """diffusekit: diffusion models in one framework (schedules, denoisers, samplers, oracle)."""
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, DenoiserLike, DenoiserWrapper
 from .noise import NoiseSource
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
-from .sample import Constraint, Solution, Solver, Step, StepContext, sample
+from .sample import Constraint, Solution, Solver, Step, StepContext, StepInfo, sample
 from .schedules import (
     DiscreteSchedule,
     EDMSchedule,
@@ -21,7 +21,7 @@ from .solvers import DDIM, DDPM, SOLVERS, make_solver
 __version__ = "0.1.0"
 
 __all__ = [
-    "DDIM", "DDPM", "Constraint", "Denoiser", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
+    "DDIM", "DDPM", "Constraint", "Denoiser", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",
     "make_schedule", "make_solver", "sample",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,49 @@ from .schedules.base import NoiseSchedule
 from .utils import append_dims
 
 Cond = Any  # class labels (LongTensor (B,)), embeddings, or None
+
+
+@runtime_checkable
+class DenoiserLike(Protocol):
+    """What ``sample`` and the likelihoods need of a model: its noise schedule, and a call
+    ``(x_t, t, cond) -> Prediction`` where ``t`` is a number or one time per sample (B,).
+
+    ``Denoiser``, the exact oracle and any wrapper (guidance, a network from another
+    library, a distilled student) qualify. An optional ``cache_times(t)`` lets ``sample``
+    hand over the grid's times before the first step.
+    """
+
+    schedule: NoiseSchedule
+
+    def __call__(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction: ...
+
+
+class DenoiserWrapper(nn.Module):
+    """Base for wrappers around a denoiser (guidance, rescaling, caching): keeps its schedule,
+    forwards ``cache_times``, and its ``forward`` defaults to the inner call."""
+
+    def __init__(self, inner: DenoiserLike) -> None:
+        super().__init__()
+        self.inner = inner
+        self.schedule = inner.schedule
+
+    def cache_times(self, t: Tensor | Sequence[float]) -> None:
+        cache = getattr(self.inner, "cache_times", None)
+        if cache is not None:
+            cache(t)
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction:
+        return self.inner(x, t, cond)
+
+
+def device_of(model: object) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for plain callables)."""
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return torch.device("cpu")
 
 
 class Denoiser(nn.Module):
@@ -34,7 +77,7 @@ class Denoiser(nn.Module):
         self._scalar_cache: dict[float, tuple[float, ...]] = {}
 
     def _time(self, t: float | Tensor, x: Tensor) -> Tensor:
-        t = torch.as_tensor(t)
+        t = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)  # never via float32
         if t.device.type == "cpu":
             t = t.to(torch.float64)
             self.schedule.validate_t(t)
@@ -109,4 +152,4 @@ class Denoiser(nn.Module):
         f = self.network(c.c_in * x, c_noise, cond)
         if not isinstance(alpha, Tensor):  # one shared time: 0-d coefficients in x's dtype
             alpha, sigma = x.new_tensor(alpha), x.new_tensor(sigma)
-        return Prediction(x, alpha, sigma, c.c_skip * x + c.c_out * f, c.e_skip * x + c.e_out * f)
+        return Prediction(x, alpha, sigma, raw=(f, c))

@@ -15,7 +15,7 @@ prediction type: they read ``Prediction.x0`` / ``.eps`` / ``.score`` / ``.v``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -24,19 +24,55 @@ from torch import Tensor
 from .registry import Registry
 
 
-@dataclass(frozen=True)
 class Prediction:
     """One model evaluation at (x_t, alpha, sigma), viewed in every parameterization.
 
-    ``alpha`` and ``sigma`` broadcast against ``x_t``. ``eps`` is kept alongside
-    ``x0`` so neither needs a division that may be singular.
+    ``alpha`` and ``sigma`` broadcast against ``x_t``. ``x0`` and ``eps`` are both
+    available, each computed on first use only: from the network output through the
+    parameterization's linear maps (``raw``, see ``Coefficients``), or from the other
+    one through ``x_t = alpha x0 + sigma eps``. A solver that reads only ``x0`` thus
+    never pays for ``eps``, and neither estimate needs a division that may be singular
+    when it comes from the network output.
     """
 
-    x_t: Tensor
-    alpha: Tensor
-    sigma: Tensor
-    x0: Tensor
-    eps: Tensor
+    __slots__ = ("x_t", "alpha", "sigma", "_x0", "_eps", "_raw")
+
+    def __init__(
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        x0: Tensor | None = None,
+        eps: Tensor | None = None,
+        *,
+        raw: tuple[Tensor, "Coefficients"] | None = None,
+    ) -> None:
+        if x0 is None and eps is None and raw is None:
+            raise ValueError("a Prediction needs x0, eps or the raw network output")
+        self.x_t, self.alpha, self.sigma = x_t, alpha, sigma
+        self._x0, self._eps, self._raw = x0, eps, raw
+
+    @property
+    def x0(self) -> Tensor:
+        """E[x0 | x_t] (Tweedie; the data prediction)."""
+        if self._x0 is None:
+            if self._raw is not None:
+                f, c = self._raw
+                self._x0 = c.c_skip * self.x_t + c.c_out * f
+            else:
+                self._x0 = (self.x_t - self.sigma * self._eps) / self.alpha
+        return self._x0
+
+    @property
+    def eps(self) -> Tensor:
+        """E[eps | x_t] (the noise prediction)."""
+        if self._eps is None:
+            if self._raw is not None:
+                f, c = self._raw
+                self._eps = c.e_skip * self.x_t + c.e_out * f
+            else:
+                self._eps = (self.x_t - self.alpha * self._x0) / self.sigma
+        return self._eps
 
     @property
     def score(self) -> Tensor:
@@ -54,7 +90,14 @@ class Prediction:
 
     def with_x0(self, x0: Tensor) -> "Prediction":
         """The same point with a new data estimate (clipping, constraints); eps follows from x_t."""
-        return replace(self, x0=x0, eps=(self.x_t - self.alpha * x0) / self.sigma)
+        return Prediction(self.x_t, self.alpha, self.sigma, x0)
+
+    def with_eps(self, eps: Tensor) -> "Prediction":
+        """The same point with a new noise estimate (guidance); x0 follows from x_t."""
+        return Prediction(self.x_t, self.alpha, self.sigma, None, eps)
+
+    def __repr__(self) -> str:
+        return f"Prediction(shape={tuple(self.x_t.shape)}, dtype={self.x_t.dtype})"
 
 
 class Coefficients(NamedTuple):

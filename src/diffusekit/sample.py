@@ -12,56 +12,78 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .denoiser import Cond, Denoiser
+from .denoiser import Cond, DenoiserLike, device_of
 from .noise import NoiseSource
 from .parameterization import Prediction
 from .schedules.base import NoiseSchedule
 from .schedules.grids import Grid, make_grid
-from .utils import check_positive_int
+from .utils import append_dims, check_positive_int
+
+
+Number = float | Tensor  # a shared float64 number, or one per sample
 
 
 @dataclass(frozen=True)
 class Step:
-    """One interval of the grid, from (t0, alpha0, sigma0) to (t1, alpha1, sigma1), as float64 numbers.
+    """One interval of the grid, from (t0, alpha0, sigma0) to (t1, alpha1, sigma1).
 
-    ``remaining`` counts the steps left including this one (None when an
+    On an ordinary grid the numbers are float64 Python floats. On a per-sample grid
+    (``Grid`` with t of shape (N + 1, B)) they are CPU float64 tensors of shape (B,), and
+    only solvers with ``per_sample_times`` accept them; ``like(x)`` makes them broadcast
+    against x. ``remaining`` counts the steps left including this one (None when an
     adaptive controller does not know it), for lower-order final steps.
     """
 
     i: int
-    t0: float
-    t1: float
-    alpha0: float
-    sigma0: float
-    alpha1: float
-    sigma1: float
+    t0: Number
+    t1: Number
+    alpha0: Number
+    sigma0: Number
+    alpha1: Number
+    sigma1: Number
     remaining: int | None
 
     @property
-    def lam0(self) -> float:
+    def lam0(self) -> Number:
         return _log_snr(self.alpha0, self.sigma0)
 
     @property
-    def lam1(self) -> float:
+    def lam1(self) -> Number:
         return _log_snr(self.alpha1, self.sigma1)
 
     @property
-    def h(self) -> float:
+    def h(self) -> Number:
         """lambda1 - lambda0 (DPM-Solver's step size; +inf at the clean end)."""
         return self.lam1 - self.lam0
 
     @property
     def to_zero(self) -> bool:
+        """The step ends in clean data (a per-sample grid shares its clean end)."""
+        if isinstance(self.sigma1, Tensor):
+            return bool((self.sigma1 == 0).all())
         return self.sigma1 == 0.0
 
+    def like(self, x: Tensor) -> "Step":
+        """The step with per-sample numbers shaped (B, 1, ...) in x's dtype and device; unchanged
+        when the numbers are shared floats."""
+        if not isinstance(self.alpha0, Tensor):
+            return self
 
-def _log_snr(alpha: float, sigma: float) -> float:
+        def cast(v: Number) -> Number:
+            return append_dims(v.to(device=x.device, dtype=x.dtype), x.ndim) if isinstance(v, Tensor) else v
+
+        return Step(self.i, self.t0, self.t1, *(cast(v) for v in (self.alpha0, self.sigma0, self.alpha1, self.sigma1)), self.remaining)
+
+
+def _log_snr(alpha: Number, sigma: Number) -> Number:
+    if isinstance(alpha, Tensor) or isinstance(sigma, Tensor):
+        return torch.as_tensor(alpha).log() - torch.as_tensor(sigma).log()
     if sigma == 0.0:
         return math.inf
     if alpha == 0.0:
@@ -95,11 +117,17 @@ class Solver:
 
     Adaptive solvers (``nfe_per_step`` NaN) run their own step-size control inside
     one loop step; ``default_steps`` is the coarse grid they want when none is given.
+
+    Contract: ``step`` continues from the ``x`` it is given. Constraints may change x
+    between steps (``after_step``), so a solver that keeps its own copy of an earlier
+    output (a corrector, a singlestep stage) checks ``x is`` that copy and otherwise
+    continues from the given x (``tests/test_contracts.py`` checks every solver).
     """
 
     name: str = "solver"
     order: int = 1
     stochastic: bool = False
+    per_sample_times: bool = False  # accepts a per-sample grid (Step numbers of shape (B,))
     nfe_per_step: float = 1
     default_grid: str = "uniform_t"
     default_steps: int = 50
@@ -110,7 +138,12 @@ class Solver:
         return math.isnan(self.nfe_per_step)
 
     def init_state(self, grid: Grid) -> Any:
+        """Fresh state for a run along ``grid`` (a falling run of the loop's grid)."""
         return None
+
+    def nfe(self, grid: Grid) -> int | None:
+        """The model calls a run along ``grid`` makes (None when an error controller decides)."""
+        return None if self.adaptive else int(self.nfe_per_step * grid.n_steps)
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
         """Advance x from step.t0 to step.t1; return (x_next, error estimate or None, state)."""
@@ -129,9 +162,38 @@ class Solution:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-@torch.no_grad()
+class StepInfo(NamedTuple):
+    """What a per-step ``callback`` of ``sample`` receives after grid step ``i``.
+
+    ``t`` is the time reached, ``x`` the state there (after the constraints) and ``x0``
+    the newest data prediction of the step (None when the step made no model call).
+    """
+
+    i: int
+    t: float
+    x: Tensor
+    x0: Tensor | None
+
+
+Resampler = Callable[[Tensor, Step, StepContext], Tensor]
+
+
+def forward_jump(x: Tensor, step: Step, ctx: StepContext) -> Tensor:
+    """Move x from t0 up to a noisier t1 by the exact forward transition q(x_t1 | x_t0).
+
+    x_t1 = (alpha1 / alpha0) x_t0 + sqrt(sigma1^2 - (alpha1 sigma0 / alpha0)^2) z, the
+    marginal-preserving jump of RePaint (Lugmayr et al. 2022, eq. 1 applied between
+    two times), with z from the sample's own noise stream.
+    """
+    ratio = step.alpha1 / step.alpha0
+    var = step.sigma1**2 - (ratio * step.sigma0) ** 2
+    if var < -1e-12 * max(step.sigma1**2, 1e-300):
+        raise ValueError(f"a jump from t={step.t0:g} to t={step.t1:g} lowers the noise: not a forward transition")
+    return ratio * x + math.sqrt(max(var, 0.0)) * ctx.noise()
+
+
 def sample(
-    denoiser: Denoiser,
+    denoiser: DenoiserLike,
     solver: Solver,
     x_T: Tensor | None = None,
     *,
@@ -141,19 +203,57 @@ def sample(
     batch: int | None = None,
     cond: Cond = None,
     constraints: Sequence[Constraint] = (),
+    resample: Resampler = forward_jump,
+    callback: Callable[[StepInfo], None] | None = None,
     seed: int | Sequence[int] | Tensor = 0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    grad: bool = False,
     save_trajectory: bool = False,
     progress: bool = True,
 ) -> Solution:
     """Run ``solver`` on ``denoiser`` along a grid, from ``x_T`` (or a prior draw) to data.
 
+    ``denoiser`` is anything with a ``schedule`` and a call ``(x, t, cond) -> Prediction``
+    (``DenoiserLike``: a ``Denoiser``, the oracle, a guidance or distillation wrapper).
     Give either ``grid`` or ``steps`` (then ``solver.default_grid`` is used; with
-    neither, ``solver.default_steps``). Without
-    ``x_T``, ``shape`` (one sample's shape) and ``batch`` give a prior draw from the
-    per-sample noise streams of ``seed``.
+    neither, ``solver.default_steps``). Without ``x_T``, ``shape`` (one sample's shape)
+    and ``batch`` give a prior draw from the per-sample noise streams of ``seed``; a grid
+    that starts below t_max (SDEdit) needs ``x_T`` at its first time.
+
+    A grid may go back up (RePaint's jumps): each rising interval is taken by
+    ``resample`` (the exact forward transition by default) and the solver restarts on
+    the next falling run. Constraints' ``after_step`` follows every interval;
+    ``callback`` gets a ``StepInfo`` after every interval. ``grad=True`` keeps autograd
+    on through the whole loop (differentiating samples with respect to x_T, the network
+    or a guidance term); by default the loop runs without it, and a guidance wrapper
+    that needs a gradient enables it inside its own call.
     """
+    with torch.set_grad_enabled(grad):
+        return _run(
+            denoiser, solver, x_T, steps, grid, shape, batch, cond, constraints, resample, callback,
+            seed, device, dtype, save_trajectory, progress,
+        )
+
+
+def _run(
+    denoiser: DenoiserLike,
+    solver: Solver,
+    x_T: Tensor | None,
+    steps: int | None,
+    grid: Grid | None,
+    shape: Sequence[int] | None,
+    batch: int | None,
+    cond: Cond,
+    constraints: Sequence[Constraint],
+    resample: Resampler,
+    callback: Callable[[StepInfo], None] | None,
+    seed: int | Sequence[int] | Tensor,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+    save_trajectory: bool,
+    progress: bool,
+) -> Solution:
     schedule = denoiser.schedule
     if grid is None:
         grid = make_grid(solver.default_grid, schedule, check_positive_int("steps", steps if steps is not None else solver.default_steps))
@@ -163,7 +263,9 @@ def sample(
         if shape is None or batch is None:
             raise ValueError("give x_T, or shape and batch for a prior draw")
         check_positive_int("batch", batch)
-        device = device or _device_of(denoiser)
+        if float(grid.t[0]) < schedule.t_max:
+            raise ValueError(f"the grid starts at t={float(grid.t[0]):g} < t_max={schedule.t_max:g}: give x_T at that time")
+        device = device or device_of(denoiser)
         noise_src = NoiseSource.from_seed(seed, batch, device)
         x_T = schedule.prior_sample(noise_src.normal(0, tuple(shape), dtype))
     else:
@@ -171,6 +273,7 @@ def sample(
     x = x_T
     counter = {"nfe": 0, "stream": 0}
     x0_saved: list[Tensor] = []
+    newest: list[Prediction] = []
 
     def model(xt: Tensor, t: float | Tensor) -> Prediction:
         pred = denoiser(xt, t, cond)
@@ -179,25 +282,44 @@ def sample(
         counter["nfe"] += 1
         if save_trajectory:
             x0_saved.append(pred.x0)
+        if callback is not None:
+            newest[:] = [pred]
         return pred
 
     def noise() -> Tensor:
         counter["stream"] += 1
         return noise_src.normal(counter["stream"], x.shape[1:], x.dtype)
 
-    denoiser.cache_times(grid.t[grid.sigma > 0])  # every grid point's coefficients in one call
+    cache_times = getattr(denoiser, "cache_times", None)
+    if grid.per_sample:
+        if not solver.per_sample_times:
+            raise ValueError(f"solver {solver.name!r} takes one time per step; a per-sample grid needs one of: {', '.join(per_sample_solvers())}")
+        if grid.t.shape[1] != x.shape[0]:
+            raise ValueError(f"the per-sample grid has {grid.t.shape[1]} columns for a batch of {x.shape[0]}")
+        ts, alphas, sigmas = grid.t.unbind(0), grid.alpha.unbind(0), grid.sigma.unbind(0)
+    else:
+        if cache_times is not None:
+            cache_times(grid.t[grid.sigma > 0])  # every grid point's coefficients in one call
+        ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
     ctx = StepContext(model, schedule, noise)
-    state = solver.init_state(grid)
     traj = [x] if save_trajectory else []
-    ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
-    n = grid.n_steps
-    for i in tqdm(range(n), desc=solver.name, leave=False) if progress else range(n):
-        st = Step(i, ts[i], ts[i + 1], alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], n - i)
-        x, _, state = solver.step(ctx, x, st, state)
-        for c in constraints:
-            x = c.after_step(x, st, ctx)
-        if save_trajectory:
-            traj.append(x)
+    runs = grid.falling_runs()
+    bar = tqdm(total=grid.n_steps, desc=solver.name, leave=False, disable=not progress)
+    for start, stop in runs:
+        if grid.jumps and ts[stop] > ts[start]:  # a rising interval: jump up, no solver
+            st = Step(0, ts[start], ts[stop], alphas[start], sigmas[start], alphas[stop], sigmas[stop], None)
+            x = resample(x, st, ctx)
+            x = _after_step(x, st, ctx, constraints, start, callback, newest, save_trajectory, traj, bar)
+            continue
+        sub = grid if (start, stop) == (0, grid.n_steps) else grid.slice(start, stop)
+        state = solver.init_state(sub)
+        n = stop - start
+        for j in range(n):
+            i = start + j
+            st = Step(j, ts[i], ts[i + 1], alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], n - j)
+            x, _, state = solver.step(ctx, x, st, state)
+            x = _after_step(x, st, ctx, constraints, i, callback, newest, save_trajectory, traj, bar)
+    bar.close()
     return Solution(
         x,
         grid,
@@ -207,9 +329,47 @@ def sample(
     )
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+def steps_for_nfe(solver: Solver, schedule: NoiseSchedule, nfe: int, grid: str | None = None) -> int:
+    """The most steps of ``solver`` on its default grid (or the named rule) that make at most
+    ``nfe`` model calls (at least one step), so a requested budget is the budget used."""
+    check_positive_int("nfe", nfe)
+    if solver.adaptive:
+        return solver.default_steps
+    rule = grid or solver.default_grid
+    n = max(1, math.ceil(nfe / float(solver.nfe_per_step)))
+    while n > 1 and solver.nfe(make_grid(rule, schedule, n)) > nfe:  # type: ignore[operator]
+        n -= 1
+    while solver.nfe(make_grid(rule, schedule, n + 1)) <= nfe:  # type: ignore[operator]
+        n += 1
+    return n
+
+
+def per_sample_solvers() -> list[str]:
+    """Names of the registered solvers that accept per-sample grids."""
+    from .solvers import SOLVERS
+
+    return [n for n in SOLVERS.names() if SOLVERS.get(n).per_sample_times]
+
+
+def _after_step(
+    x: Tensor,
+    st: Step,
+    ctx: StepContext,
+    constraints: Sequence[Constraint],
+    i: int,
+    callback: Callable[[StepInfo], None] | None,
+    newest: list[Prediction],
+    save_trajectory: bool,
+    traj: list[Tensor],
+    bar: tqdm,
+) -> Tensor:
+    """The loop's work after one grid interval: constraints, callback, trajectory, progress."""
+    for c in constraints:
+        x = c.after_step(x, st, ctx)
+    if callback is not None:
+        callback(StepInfo(i, st.t1, x, newest[0].x0 if newest else None))
+        newest.clear()
+    if save_trajectory:
+        traj.append(x)
+    bar.update()
+    return x

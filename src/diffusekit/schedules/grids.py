@@ -30,15 +30,25 @@ class Grid:
     t: Tensor
     alpha: Tensor
     sigma: Tensor
+    jumps: bool = False  # rising intervals are forward jumps (RePaint), not ODE steps backwards
 
     @classmethod
-    def from_times(cls, schedule: NoiseSchedule, t: Tensor, to_zero: bool = True) -> "Grid":
-        """Evaluate the schedule at decreasing times ``t``; append the clean end if ``to_zero``."""
-        t = torch.as_tensor(t, dtype=torch.float64).flatten()
+    def from_times(cls, schedule: NoiseSchedule, t: Tensor, to_zero: bool = True, jumps: bool = False) -> "Grid":
+        """Evaluate the schedule at decreasing times ``t``; append the clean end if ``to_zero``.
+
+        With ``jumps`` the times may also rise (RePaint's resampling schedule, Lugmayr et
+        al. 2022): ``sample`` takes each rising interval by a forward jump. A 2-d ``t`` of
+        shape (N + 1, B) gives every sample its own decreasing times (``stack``).
+        """
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if t.ndim == 2 and not jumps:
+            return cls.stack([cls.from_times(schedule, col, to_zero) for col in t.T])
+        t = t.flatten()
         if t.numel() < 1:
             raise ValueError("a grid needs at least one time point")
-        if t.numel() > 1 and not bool((t[1:] < t[:-1]).all()):
-            raise ValueError(f"grid times must be strictly decreasing, got {t.tolist()}")
+        if t.numel() > 1 and not bool((t[1:] != t[:-1]).all() if jumps else (t[1:] < t[:-1]).all()):
+            what = "differ from one point to the next" if jumps else "be strictly decreasing (jumps=True allows rises)"
+            raise ValueError(f"grid times must {what}, got {t.tolist()}")
         schedule.validate_t(t)
         alpha, sigma = schedule.alpha_sigma(t)
         if to_zero:
@@ -47,11 +57,26 @@ class Grid:
             sigma = torch.cat([sigma, sigma.new_zeros(1)])
         if t.numel() < 2:
             raise ValueError("a grid needs at least two points (one step)")
-        return cls(t, alpha, sigma)
+        return cls(t, alpha, sigma, jumps and bool((t[1:] > t[:-1]).any()))
+
+    @classmethod
+    def stack(cls, grids: Sequence["Grid"]) -> "Grid":
+        """One per-sample grid (t of shape (N + 1, B)) from B grids of N steps each, e.g. each
+        sample's own SDEdit start. Solvers with ``per_sample_times`` run it in one batch."""
+        if not grids or len({g.n_steps for g in grids}) != 1 or any(g.per_sample or g.jumps for g in grids):
+            raise ValueError("stack needs one or more plain grids with the same number of steps")
+        if len({g.ends_at_zero for g in grids}) != 1:
+            raise ValueError("stacked grids must all end at the clean end, or none")
+        return cls(*(torch.stack([getattr(g, f) for g in grids], 1) for f in ("t", "alpha", "sigma")))
+
+    @property
+    def per_sample(self) -> bool:
+        """True for a grid with one column of times per sample."""
+        return self.t.ndim == 2
 
     @property
     def n_steps(self) -> int:
-        return self.t.numel() - 1
+        return self.t.shape[0] - 1
 
     @property
     def lam(self) -> Tensor:
@@ -60,22 +85,51 @@ class Grid:
 
     @property
     def ends_at_zero(self) -> bool:
-        return bool(self.sigma[-1] == 0)
+        return bool((self.sigma[-1] == 0).all())
+
+    def falling_runs(self) -> list[tuple[int, int]]:
+        """(start, stop) point indices of the maximal decreasing runs, each rising interval a run
+        of its own; [(0, N)] for a grid without jumps (also a rising encoding grid)."""
+        if not self.jumps:
+            return [(0, self.n_steps)]
+        t = self.t.tolist()
+        runs: list[tuple[int, int]] = []
+        start = 0
+        for i in range(len(t) - 1):
+            if t[i + 1] > t[i]:
+                if i > start:
+                    runs.append((start, i))
+                runs.append((i, i + 1))
+                start = i + 1
+        if start < len(t) - 1:
+            runs.append((start, len(t) - 1))
+        return runs
+
+    def slice(self, start: int, stop: int) -> "Grid":
+        """The sub-grid of points start..stop (inclusive)."""
+        return Grid(self.t[start : stop + 1], self.alpha[start : stop + 1], self.sigma[start : stop + 1])
 
     def __len__(self) -> int:
-        return self.t.numel()
+        return self.t.shape[0]
 
 
 GridRule = Callable[..., Grid]
 GRIDS: Registry[GridRule] = Registry("step grid")
 
 
-def _span(schedule: NoiseSchedule, t_end: float | None) -> tuple[float, float]:
+def _span(schedule: NoiseSchedule, t_end: float | None, t_start: float | None = None) -> tuple[float, float]:
+    """(t_end, t_start) of a grid: by default the schedule's whole range [t_min, t_max].
+
+    A later ``t_start`` starts the grid inside the process (SDEdit / img2img, Meng et al.
+    2022): every step is spent below it.
+    """
+    hi = schedule.t_max if t_start is None else float(t_start)
     lo = schedule.t_min if t_end is None else float(t_end)
+    schedule.validate_t(hi)
     schedule.validate_t(lo)
-    if not lo < schedule.t_max:
-        raise ValueError(f"t_end={lo:g} must be below t_max={schedule.t_max:g}")
-    return lo, schedule.t_max
+    if not lo < hi:
+        raise ValueError(f"t_end={lo:g} must be below t_start={hi:g}")
+    return lo, hi
 
 
 def _points(n_steps: int, to_zero: bool) -> Tensor:
@@ -88,17 +142,21 @@ def _points(n_steps: int, to_zero: bool) -> Tensor:
 
 
 @GRIDS.register("uniform_t")
-def uniform_t(schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, to_zero: bool = True) -> Grid:
+def uniform_t(
+    schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, t_start: float | None = None, to_zero: bool = True
+) -> Grid:
     """Equal steps in t (DDIM's uniform skip; Euler on rectified flow)."""
-    lo, hi = _span(schedule, t_end)
+    lo, hi = _span(schedule, t_end, t_start)
     u = _points(n_steps, to_zero)
     return Grid.from_times(schedule, hi + u * (lo - hi), to_zero)
 
 
 @GRIDS.register("quadratic_t")
-def quadratic_t(schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, to_zero: bool = True) -> Grid:
+def quadratic_t(
+    schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, t_start: float | None = None, to_zero: bool = True
+) -> Grid:
     """Steps quadratic in t, dense near the data (Song et al. 2021, DDIM, sec. D.2)."""
-    lo, hi = _span(schedule, t_end)
+    lo, hi = _span(schedule, t_end, t_start)
     u = _points(n_steps, to_zero)
     return Grid.from_times(schedule, lo + (1 - u) ** 2 * (hi - lo), to_zero)
 
@@ -110,6 +168,7 @@ def _lambda_ramp(
     to_zero: bool,
     ramp: Callable[[Tensor, Tensor, Tensor], Tensor],
     snap_end: bool = True,
+    t_start: float | None = None,
 ) -> Grid:
     """Points placed by ``ramp(lam_start, lam_end, u)`` in log-SNR.
 
@@ -117,7 +176,7 @@ def _lambda_ramp(
     and the ramp starts one uniform-t step below it. ``snap_end``: the last point is
     exactly t_end (the ramp ends at lambda(t_end)).
     """
-    lo, hi = _span(schedule, t_end)
+    lo, hi = _span(schedule, t_end, t_start)
     u = _points(n_steps, to_zero)
     if len(u) == 1:
         return Grid.from_times(schedule, torch.tensor([hi], dtype=torch.float64), to_zero)
@@ -136,9 +195,11 @@ def _lambda_ramp(
 
 
 @GRIDS.register("uniform_lambda")
-def uniform_lambda(schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, to_zero: bool = True) -> Grid:
+def uniform_lambda(
+    schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, t_start: float | None = None, to_zero: bool = True
+) -> Grid:
     """Equal steps in log-SNR lambda (DPM-Solver's 'logSNR' spacing, Lu et al. 2022)."""
-    return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + u * (b - a))
+    return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + u * (b - a), t_start=t_start)
 
 
 @GRIDS.register("karras")
@@ -148,6 +209,7 @@ def karras(
     *,
     rho: float = 7.0,
     t_end: float | None = None,
+    t_start: float | None = None,
     to_zero: bool = True,
 ) -> Grid:
     """Karras et al. 2022, eq. (5), on s = sigma / alpha = exp(-lambda):
@@ -158,7 +220,7 @@ def karras(
         a, b = torch.exp(-lam_a / rho), torch.exp(-lam_b / rho)
         return -rho * torch.log(a + u * (b - a))
 
-    return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp)
+    return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp, t_start=t_start)
 
 
 TUNED_WARP: tuple[float, ...] = (0.0, 0.1736, 0.355, 0.436, 0.501, 0.6318, 0.7415, 0.836, 1.0)
@@ -230,6 +292,7 @@ def tuned_lambda(
     warp: Sequence[float] | None = None,
     fractions: Sequence[float] | None = None,
     t_end: float | None = None,
+    t_start: float | None = None,
     to_zero: bool = True,
 ) -> Grid:
     """Log-SNR points lambda_i = lambda_a + f_i (lambda_b - lambda_a) between t_max (a) and
@@ -253,9 +316,9 @@ def tuned_lambda(
                 f"fractions must be {count} increasing values from 0 to at most 1 "
                 f"(one per grid point before the clean end), got {list(fractions)}"
             )
-        return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + _interp(u, f) * (b - a), bool(f[-1] == 1.0))
+        return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + _interp(u, f) * (b - a), bool(f[-1] == 1.0), t_start)
     knots = TUNED_WARP if warp is None else warp
-    return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + lambda_warp(u, knots) * (b - a))
+    return _lambda_ramp(schedule, n_steps, t_end, to_zero, lambda a, b, u: a + lambda_warp(u, knots) * (b - a), t_start=t_start)
 
 
 @GRIDS.register("tuned_warp")
@@ -265,12 +328,13 @@ def tuned_warp(
     *,
     warp: Sequence[float] = TUNED_WARP,
     t_end: float | None = None,
+    t_start: float | None = None,
     to_zero: bool = True,
 ) -> Grid:
     """``tuned_lambda`` with the shared warp at every step count (no per-count table rows):
     smooth in the step count; the better choice for the Adams-type solvers (iPNDM, PLMS, LMS)
     and Euler, for which the table rows (fitted with UniPC) are not."""
-    return tuned_lambda(schedule, n_steps, warp=warp, t_end=t_end, to_zero=to_zero)
+    return tuned_lambda(schedule, n_steps, warp=warp, t_end=t_end, t_start=t_start, to_zero=to_zero)
 
 
 @GRIDS.register("gaussian_lambda")
@@ -281,6 +345,7 @@ def gaussian_lambda(
     lam_end: float | None = None,
     power: float | None = None,
     t_end: float | None = None,
+    t_start: float | None = None,
     to_zero: bool = True,
 ) -> Grid:
     """Log-SNR points lambda_i = lambda_start + (lambda_stop - lambda_start) (i / (n - 1))^power,
@@ -298,7 +363,7 @@ def gaussian_lambda(
     if power is None:
         row = GAUSSIAN_TABLE.get(n_steps) if lam_end is None and to_zero else None
         if row is not None:
-            lo, hi = _span(schedule, t_end)
+            lo, hi = _span(schedule, t_end, t_start)
             lam_span = schedule.log_snr(torch.tensor([hi, lo], dtype=torch.float64))
             if float(lam_span[0]) < row[0] and row[-1] <= float(lam_span[1]):
                 t_row = schedule.t_of_log_snr(torch.tensor(row, dtype=torch.float64))
@@ -311,29 +376,33 @@ def gaussian_lambda(
         stop = torch.clamp(b, max=stop_at) if stop_at > a else b  # a ramp starting above lam_end runs to t_end
         return a + (stop - a) * u**power
 
-    return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp, snap_end=False)
+    return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp, snap_end=False, t_start=t_start)
 
 
-def _discrete_steps(schedule: NoiseSchedule) -> int:
+def _discrete_steps(schedule: NoiseSchedule, t_start: float | None = None) -> int:
+    """The schedule's number of training steps N, or of those at or below ``t_start``."""
     n = getattr(schedule, "num_steps", None)
     if n is None:
         raise ValueError(
             f"this spacing needs a discrete schedule (DiscreteSchedule), got {schedule!r}; "
             "use uniform_t, quadratic_t, uniform_lambda or karras"
         )
-    return n
+    if t_start is None:
+        return n
+    _span(schedule, None, t_start)
+    return math.floor(float(t_start) * n + 1e-9)
 
 
 def _from_indices(schedule: NoiseSchedule, idx: Tensor, to_zero: bool) -> Grid:
-    n = _discrete_steps(schedule)
+    n = schedule.num_steps  # type: ignore[attr-defined]
     idx = torch.unique(idx.long()).flip(0)  # decreasing, no repeats
     return Grid.from_times(schedule, (idx.double() + 1) / n, to_zero)
 
 
 @GRIDS.register("leading")
-def leading(schedule: NoiseSchedule, n_steps: int, *, to_zero: bool = True) -> Grid:
+def leading(schedule: NoiseSchedule, n_steps: int, *, t_start: float | None = None, to_zero: bool = True) -> Grid:
     """diffusers 'leading' spacing: indices 0, k, 2k, ... with k = N // n (DDIM's default)."""
-    n = _discrete_steps(schedule)
+    n = _discrete_steps(schedule, t_start)
     check_positive_int("n_steps", n_steps)
     count = n_steps if to_zero else n_steps + 1
     _check_count(count, n)
@@ -341,9 +410,9 @@ def leading(schedule: NoiseSchedule, n_steps: int, *, to_zero: bool = True) -> G
 
 
 @GRIDS.register("trailing")
-def trailing(schedule: NoiseSchedule, n_steps: int, *, to_zero: bool = True) -> Grid:
+def trailing(schedule: NoiseSchedule, n_steps: int, *, t_start: float | None = None, to_zero: bool = True) -> Grid:
     """diffusers 'trailing' spacing: indices N - 1, N - 1 - k, ... (Lin et al. 2024, Table 2)."""
-    n = _discrete_steps(schedule)
+    n = _discrete_steps(schedule, t_start)
     check_positive_int("n_steps", n_steps)
     count = n_steps if to_zero else n_steps + 1
     _check_count(count, n)
@@ -352,9 +421,9 @@ def trailing(schedule: NoiseSchedule, n_steps: int, *, to_zero: bool = True) -> 
 
 
 @GRIDS.register("linspace")
-def linspace(schedule: NoiseSchedule, n_steps: int, *, to_zero: bool = True) -> Grid:
+def linspace(schedule: NoiseSchedule, n_steps: int, *, t_start: float | None = None, to_zero: bool = True) -> Grid:
     """diffusers 'linspace' spacing: round(linspace(0, N - 1, n))."""
-    n = _discrete_steps(schedule)
+    n = _discrete_steps(schedule, t_start)
     check_positive_int("n_steps", n_steps)
     count = n_steps if to_zero else n_steps + 1
     _check_count(count, n)

@@ -12,19 +12,20 @@ so the same code serves adjacent DDPM steps, respaced grids and every schedule.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from ..sample import Solver, Step, StepContext
+from ..sample import Number, Solver, Step, StepContext
 from .base import register
 
 
-def _transition_var(step: Step) -> float:
+def _transition_var(step: Step) -> Number:
     """sigma_{0|1}^2 = sigma0^2 - (alpha0/alpha1)^2 sigma1^2, the forward variance from t1 to t0."""
-    return max(step.sigma0**2 - (step.alpha0 / step.alpha1) ** 2 * step.sigma1**2, 0.0)
+    var = step.sigma0**2 - (step.alpha0 / step.alpha1) ** 2 * step.sigma1**2
+    return var.clamp(min=0.0) if isinstance(var, Tensor) else max(var, 0.0)
 
 
 @register
@@ -41,6 +42,7 @@ class DDPM(Solver):
     name = "ddpm"
     order = 1
     stochastic = True
+    per_sample_times = True
     default_grid = "uniform_t"
 
     def __post_init__(self) -> None:
@@ -51,11 +53,12 @@ class DDPM(Solver):
         pred = ctx.model(x, step.t0)
         if step.to_zero:
             return pred.x0, None, state
+        step = step.like(x)
         var01 = _transition_var(step)
         ratio = step.sigma1**2 / step.sigma0**2
         mean = (step.alpha0 / step.alpha1 * ratio) * x + (step.alpha1 * var01 / step.sigma0**2) * pred.x0
         var = var01 * ratio if self.variance == "small" else var01
-        return mean + math.sqrt(var) * ctx.noise(), None, state
+        return mean + var**0.5 * ctx.noise(), None, state
 
 
 @register
@@ -73,6 +76,7 @@ class DDIM(Solver):
     eta: float = 0.0
     name = "ddim"
     order = 1
+    per_sample_times = True
     default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
@@ -87,9 +91,12 @@ class DDIM(Solver):
         pred = ctx.model(x, step.t0)
         if step.to_zero:
             return pred.x0, None, state
+        step = step.like(x)
+        if self.eta == 0:
+            return step.alpha1 * pred.x0 + step.sigma1 * pred.eps, None, state
         s2 = self.eta**2 * _transition_var(step) * step.sigma1**2 / step.sigma0**2
-        s2 = min(s2, step.sigma1**2)
-        out = step.alpha1 * pred.x0 + math.sqrt(step.sigma1**2 - s2) * pred.eps
-        if s2 > 0:
-            out = out + math.sqrt(s2) * ctx.noise()
-        return out, None, state
+        s2 = torch.minimum(s2, step.sigma1**2) if isinstance(s2, Tensor) else min(s2, step.sigma1**2)
+        out = step.alpha1 * pred.x0 + (step.sigma1**2 - s2) ** 0.5 * pred.eps
+        if not isinstance(s2, Tensor) and s2 <= 0:  # no noise drawn where none is added
+            return out, None, state
+        return out + s2**0.5 * ctx.noise(), None, state

@@ -301,8 +301,10 @@ class SinglestepState(NamedTuple):
     alpha: tuple[float, ...]
     sigma: tuple[float, ...]
     x_start: Tensor | None
+    start: int  # grid index the current group integrates from
     group: tuple[Node, ...]
     tail: tuple[Node, ...]  # the last finished group, newest first (for the clean end)
+    x_last: Tensor | None  # the value returned by the last step (the loop may have changed it)
 
 
 def singlestep_orders(n_regular: int, order: int, lower_order_final: bool) -> list[int]:
@@ -405,8 +407,10 @@ class DPMSolver(Solver):
             tuple(grid.alpha.tolist()),
             tuple(grid.sigma.tolist()),
             None,
+            0,
             (),
             (),
+            None,
         )
 
     def step(
@@ -456,8 +460,11 @@ class DPMSolver(Solver):
                 self.final_order, len(state.plan), self.lower_order_final
             )
             return clean_end(x, step, hist, k), None, state
-        x_start = x if step.i == start else state.x_start
-        group = (state.group if step.i > start else ()) + (Node.of(pred, step.lam0),)
+        if step.i == start or x is not state.x_last:  # a new group, or x changed by a constraint:
+            x_start, start, group = x, step.i, ()  # integrate on from the loop's x
+        else:
+            x_start, start, group = state.x_start, state.start, state.group
+        group = group + (Node.of(pred, step.lam0),)
         # integrate from the group start to the next grid point through all stages so far
         lam_s = state.lam[start]
         h = step.lam1 - lam_s
@@ -475,15 +482,15 @@ class DPMSolver(Solver):
             outs,
             data,
         )
-        if step.i + 1 == start + q:
+        if step.i + 1 == state.plan[step.i][0] + q:
             return (
                 x_next,
                 None,
                 state._replace(
-                    x_start=None, group=(), tail=group[::-1][: self.final_order - 1]
+                    x_start=None, group=(), tail=group[::-1][: self.final_order - 1], x_last=None
                 ),
             )
-        return x_next, None, state._replace(x_start=x_start, group=group)
+        return x_next, None, state._replace(x_start=x_start, start=start, group=group, x_last=x_next)
 
 
 # ---------------------------------------------------------------------------

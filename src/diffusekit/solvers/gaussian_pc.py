@@ -48,11 +48,13 @@ _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
 
 class GaussianPCState(NamedTuple):
-    """The per-step plan, the history (newest first) and the start x of the step just taken."""
+    """The per-step plan, the history (newest first), the start x of the step just taken and
+    its predicted end (to tell whether the loop changed x after the step)."""
 
     plan: tuple[StepPlan, ...]
     hist: tuple[Node, ...]
     x_prev: Tensor | None
+    x_pred: Tensor | None
 
 
 class StepPlan(NamedTuple):
@@ -120,7 +122,7 @@ class GaussianPC(Solver):
         check_positive_float("sigma_data", self.sigma_data)
 
     def init_state(self, grid: Grid) -> Any:
-        return GaussianPCState(_plan(self, tuple(grid.lam.tolist()), tuple(grid.sigma.tolist())), (), None)
+        return GaussianPCState(_plan(self, tuple(grid.lam.tolist()), tuple(grid.sigma.tolist())), (), None, None)
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
         pred = ctx.model(x, step.t0)
@@ -130,11 +132,14 @@ class GaussianPC(Solver):
         hist = (Node.of(pred, step.lam0),) + state.hist[: self.order - 1]
         if plan.corrector is not None:
             scale, coeffs = plan.corrector
-            x = lincomb(state.x_prev, scale, coeffs, [nd.x0 for nd in hist])
+            corrected = lincomb(state.x_prev, scale, coeffs, [nd.x0 for nd in hist])
+            # a projection made after the predictor (constraints) is kept: correct by the difference
+            x = corrected if x is state.x_pred else x + (corrected - state.x_pred)
         if plan.predictor is None:
             return gaussian_end(step, hist), None, state
         scale, coeffs = plan.predictor
-        return lincomb(x, scale, coeffs, [nd.x0 for nd in hist]), None, state._replace(hist=hist, x_prev=x)
+        x_next = lincomb(x, scale, coeffs, [nd.x0 for nd in hist])
+        return x_next, None, state._replace(hist=hist, x_prev=x, x_pred=x_next)
 
 
 @functools.lru_cache(maxsize=128)

@@ -29,13 +29,15 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
+from ..schedules.grids import Grid
 from .base import register
 
 
 def euler_update(step: Step, pred: Prediction) -> Tensor:
     """One Euler step of dx_hat/ds = eps from s0 to s1, written in x: alpha1 x0 + sigma1 eps."""
-    if step.sigma1 == 0.0:
+    if step.to_zero:
         return pred.x0
+    step = step.like(pred.x_t)
     return step.alpha1 * pred.x0 + step.sigma1 * pred.eps
 
 
@@ -101,6 +103,10 @@ class Euler(_ChurnMixin, Solver):
     def __post_init__(self) -> None:
         self._check_churn()
 
+    @property
+    def per_sample_times(self) -> bool:  # type: ignore[override]
+        return self.S_churn == 0  # churn raises one shared noise level
+
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
         x, step = self._churn(ctx, x, step)
         return euler_update(step, ctx.model(x, step.t0)), None, state
@@ -132,14 +138,24 @@ class Heun(_ChurnMixin, Solver):
         if not self.max_ratio > 1:
             raise ValueError(f"max_ratio must be > 1, got {self.max_ratio!r}")
 
+    def _euler_only(self, alpha0: float, sigma0: float, alpha1: float, sigma1: float) -> bool:
+        """One call on this grid interval: to the clean end, from alpha = 0, or s0 / s1 > max_ratio
+        (going up in s, as in inversion, the weight is below 1/2). Decided on the grid, so
+        ``nfe`` is known before the run."""
+        if sigma1 == 0.0 or alpha0 == 0.0 or alpha1 == 0.0:
+            return True
+        return (sigma0 * alpha1) / (alpha0 * sigma1) > self.max_ratio
+
+    def nfe(self, grid: Grid) -> int:
+        a, s = grid.alpha.tolist(), grid.sigma.tolist()
+        return sum(1 if self._euler_only(a[i], s[i], a[i + 1], s[i + 1]) else 2 for i in range(grid.n_steps))
+
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
+        euler_only = self._euler_only(step.alpha0, step.sigma0, step.alpha1, step.sigma1)
         x, step = self._churn(ctx, x, step)
         pred = ctx.model(x, step.t0)
         x1 = euler_update(step, pred)
-        if step.sigma1 == 0.0 or step.alpha0 == 0.0 or step.alpha1 == 0.0:
-            return x1, None, state
-        ratio = (step.sigma0 * step.alpha1) / (step.alpha0 * step.sigma1)  # s0 / s1
-        if ratio > self.max_ratio:  # (going up in s, as in inversion, the weight is below 1/2)
+        if euler_only:
             return x1, None, state
         pred1 = ctx.model(x1, step.t1)
         half = 0.5 * (step.sigma1 - step.alpha1 * step.sigma0 / step.alpha0)  # alpha1 (s1 - s0) / 2

@@ -231,6 +231,11 @@ class AnnealedLangevin(Solver):
     def nfe_per_step(self) -> float:  # type: ignore[override]
         return self.steps_each
 
+    def nfe(self, grid: Grid) -> int:
+        """steps_each per level, one where alpha = 0, and one for the final Tweedie step."""
+        levels = sum(1 if a == 0.0 else self.steps_each for a in grid.alpha[:-1].tolist())
+        return levels + int(self.denoise and grid.ends_at_zero and bool(grid.alpha[-2] != 0))
+
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
         if step.alpha0 == 0.0:
             pred = ctx.model(x, step.t0)
