@@ -30,8 +30,8 @@ import diffusekit as dk
 from diffusekit.likelihood import ode_log_likelihood
 from diffusekit.oracle import GaussianMixture
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anchors import load_k_diffusion_sampling  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from anchor_helpers import load_k_diffusion_sampling  # noqa: E402
 
 
 def make_problem(dim: int, components: int, n: int, seed: int) -> tuple[GaussianMixture, GaussianMixture, torch.Tensor, torch.Tensor]:

@@ -15,8 +15,10 @@ on each component's narrow and wide eigen-directions.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -25,22 +27,8 @@ import diffusekit as dk
 from diffusekit.oracle import GaussianMixture
 from diffusekit.schedules.base import NoiseSchedule
 
-
-def sharp_mixture(dim: int = 64, components: int = 8, seed: int = 0) -> GaussianMixture:
-    """The benchmark oracle on ``DiscreteSchedule('linear', 1000)``."""
-    g = torch.Generator().manual_seed(seed)
-    means = 2 * torch.rand(components, dim, generator=g, dtype=torch.float64) - 1
-    stds = 0.02 + 0.08 * torch.rand(components, generator=g, dtype=torch.float64)
-    return GaussianMixture(means, stds, dk.DiscreteSchedule("linear", 1000))
-
-
-def _means(components: int, dim: int, g: torch.Generator) -> Tensor:
-    return 2 * torch.rand(components, dim, generator=g, dtype=torch.float64) - 1
-
-
-def _log_uniform(shape: tuple[int, ...], lo: float, hi: float, g: torch.Generator) -> Tensor:
-    u = torch.rand(*shape, generator=g, dtype=torch.float64)
-    return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from anchor_helpers import sharp_mixture, start_points  # noqa: E402,F401  (shared with the anchor tests)
 
 
 def anisotropic_mixture(schedule: NoiseSchedule, rotate: bool = False, dim: int = 64, components: int = 8,
@@ -48,21 +36,21 @@ def anisotropic_mixture(schedule: NoiseSchedule, rotate: bool = False, dim: int 
     """Means in [-1, 1]^d; per-dimension stds log-uniform in [0.005, 0.2] (40x), drawn per
     component and dimension; ``rotate``: covariances Q diag(s^2) Q^T for one random orthogonal Q."""
     g = torch.Generator().manual_seed(seed)
-    means = _means(components, dim, g)
-    stds = _log_uniform((components, dim), 0.005, 0.2, g)
+    means = 2 * torch.rand(components, dim, generator=g, dtype=torch.float64) - 1
+    u = torch.rand(components, dim, generator=g, dtype=torch.float64)
+    stds = torch.exp(math.log(0.005) + u * (math.log(0.2) - math.log(0.005)))
     q = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))[0] if rotate else None
     return GaussianMixture(means, stds, schedule, rotation=q)
 
 
 def isotropic_mixture(schedule: NoiseSchedule, dim: int = 64, components: int = 8, seed: int = 0, scale: float = 1.0,
                       std_range: tuple[float, float] = (0.02, 0.1), weights: Sequence[float] | None = None) -> GaussianMixture:
-    """``sharp_mixture``'s draws (same seed, same means and stds when ``std_range`` is the default)
-    times ``scale``, on any schedule; ``std_range`` sets the per-component std range."""
-    g = torch.Generator().manual_seed(seed)
-    means = _means(components, dim, g)
+    """``sharp_mixture``'s means and stds (same draws) times ``scale``, on any schedule; ``std_range``
+    maps its stds (uniform in 0.02-0.1) linearly onto another range."""
+    base = sharp_mixture(dim, components, seed)
+    u = (base.variances[:, 0].sqrt() - 0.02) / 0.08
     lo, hi = std_range
-    stds = lo + (hi - lo) * torch.rand(components, generator=g, dtype=torch.float64)
-    return GaussianMixture(scale * means, scale * stds, schedule, weights=weights)
+    return GaussianMixture(scale * base.means, scale * (lo + (hi - lo) * u), schedule, weights=weights)
 
 
 def ring_mixture(schedule: NoiseSchedule) -> GaussianMixture:
@@ -94,12 +82,6 @@ def family_start(oracle: GaussianMixture, n: int, seed: int = 1) -> Tensor:
     """n exact draws from p_{t_max} (float64): the exact ODE maps them to exact data draws,
     so the truth's spread is 1 on every schedule, whatever its prior."""
     return oracle.sample(n, seed=seed, t=oracle.schedule.t_max)
-
-
-def start_points(oracle: GaussianMixture, n: int, seed: int = 1) -> Tensor:
-    """n draws of x_T ~ N(0, prior_std^2 I) in float64."""
-    g = torch.Generator().manual_seed(seed)
-    return oracle.schedule.prior_std() * torch.randn(n, oracle.dim, generator=g, dtype=torch.float64)
 
 
 def reference(oracle: GaussianMixture, x_T: Tensor) -> Tensor:
@@ -136,18 +118,27 @@ def quality(oracle: GaussianMixture, x: Tensor, ref: Tensor) -> Quality:
     err = (x - ref).pow(2).mean(1)
     comp, comp_ref = component_of(oracle, x), component_of(oracle, ref)
     right = comp == comp_ref
-    z2 = whitened_offsets(oracle, x, comp).pow(2)  # (B, D)
-    order = oracle.variances[comp].argsort(1)
-    third = max(1, oracle.dim // 3)
-    narrow, wide = z2.gather(1, order[:, :third]), z2.gather(1, order[:, -third:])
+    spread, narrow, wide = spreads(oracle, x, comp)
     if not bool((oracle.variances.amax(1) > 1.0001 * oracle.variances.amin(1)).any()):  # isotropic modes: no narrow / wide
-        narrow = wide = z2.new_full((1,), math.nan)
+        narrow = wide = math.nan
     return Quality(
         rmse=float(err.mean().sqrt()),
         wrong_component=float((~right).double().mean()),
         rmse_right=float(err[right].mean().sqrt()) if bool(right.any()) else float("nan"),
-        spread=float(z2.mean().sqrt()),
+        spread=spread,
         log_lik=float(oracle.log_prob(x).mean()),
-        spread_narrow=float(narrow.mean().sqrt()),
-        spread_wide=float(wide.mean().sqrt()),
+        spread_narrow=narrow,
+        spread_wide=wide,
     )
+
+
+def spreads(oracle: GaussianMixture, x: Tensor, comp: Tensor | None = None) -> tuple[float, float, float]:
+    """Within-mode spread (RMS of ``whitened_offsets``; 1 = exact) over all eigen-directions, over each
+    component's narrowest third and over its widest third; ``comp`` defaults to ``component_of``."""
+    x = x.double().flatten(1)
+    comp = component_of(oracle, x) if comp is None else comp
+    z2 = whitened_offsets(oracle, x, comp).pow(2)  # (B, D)
+    order = oracle.variances[comp].argsort(1)
+    third = max(1, oracle.dim // 3)
+    narrow, wide = z2.gather(1, order[:, :third]), z2.gather(1, order[:, -third:])
+    return float(z2.mean().sqrt()), float(narrow.mean().sqrt()), float(wide.mean().sqrt())

@@ -42,7 +42,8 @@ import diffusekit as dk
 from diffusekit.solvers import DEFAULT_SOLVER, SOLVERS, make_solver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import anchors  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import anchor_helpers as anchors  # noqa: E402
 import problems  # noqa: E402
 from problems import quality, reference, sharp_mixture, start_points  # noqa: E402
 

@@ -18,6 +18,7 @@ def all_schedules() -> dict[str, dk.NoiseSchedule]:
         "discrete_scaled_linear": dk.DiscreteSchedule("scaled_linear"),
         "discrete_sigmoid": dk.DiscreteSchedule("sigmoid"),
         "discrete_ztsnr": dk.DiscreteSchedule("linear", zero_terminal_snr=True),
+        "discrete_log_sigma": dk.DiscreteSchedule("linear", interpolation="log_sigma"),
         "vp": dk.VPSchedule(),
         "subvp": dk.SubVPSchedule(),
         "ve": dk.VESchedule(),

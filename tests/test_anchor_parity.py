@@ -30,23 +30,21 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import diffusekit as dk
+from diffusekit.interop import grid_from_sigmas
 from diffusekit.solvers import DDIM, DPMSolver, Euler, Heun, UniPC
+
+from . import anchor_helpers as anchors
+from .anchor_helpers import sharp_mixture, start_points
 
 pytestmark = pytest.mark.anchors
 pytest.importorskip("diffusers")
 if importlib.util.find_spec("k_diffusion") is None or importlib.util.find_spec("torchsde") is None:
     pytest.skip("k-diffusion (with torchsde) is not installed", allow_module_level=True)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import anchors  # noqa: E402
-from problems import sharp_mixture, start_points  # noqa: E402
 
 TOL = 1e-5
 K = anchors.load_k_diffusion_sampling()
@@ -73,7 +71,7 @@ def k_diffusion_vs_diffusekit(problem, sampler: str, solver: dk.Solver, sigmas: 
     oracle, x_T = problem
     s_max = float(sigmas[0])
     out = getattr(K, sampler)(anchors.KDiffusionOracle(oracle), x_T * s_max, sigmas, disable=True)
-    grid = anchors.grid_from_sigmas(oracle.schedule, sigmas)
+    grid = grid_from_sigmas(oracle.schedule, sigmas)
     sol = dk.sample(oracle, solver, x_T * s_max / math.sqrt(1 + s_max**2), grid=grid, progress=False)
     return (out.double() - sol.x).abs().max().item()
 

@@ -12,8 +12,6 @@ solver (so a new one cannot slip past).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,8 +24,7 @@ from .conftest import count_noise
 
 from .conftest import all_schedules
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from problems import sharp_mixture, start_points  # noqa: E402
+from .anchor_helpers import sharp_mixture, start_points
 
 
 @pytest.fixture(scope="module")

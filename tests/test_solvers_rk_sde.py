@@ -13,8 +13,9 @@ import diffusekit as dk
 from diffusekit.inversion import invert, reconstruct, round_trip_error
 from diffusekit.parameterization import Parameterization, Prediction
 from diffusekit.solvers import adaptive_ode, multistep, runge_kutta, sde  # noqa: F401  (registration)
-from diffusekit.solvers.multistep import AB_COEFFS, lagrange_ab_coeffs
-from diffusekit.solvers.thresholding import ClipX0, DynamicThreshold, make_thresholding
+from diffusekit.solvers.lagrange import lagrange_weights, unit_moments
+from diffusekit.solvers.multistep import AB_COEFFS
+from diffusekit.solvers.constraints import ClipX0, DynamicThreshold, make_thresholding
 from diffusekit.oracle import GaussianMixture
 
 from .conftest import all_schedules, count_noise, smooth_mixture
@@ -124,10 +125,10 @@ def test_bad_options_are_rejected() -> None:
 
 def test_adams_bashforth_weights() -> None:
     for k, fixed in AB_COEFFS.items():
-        np.testing.assert_allclose(lagrange_ab_coeffs([0.0, -1.0, -2.0, -3.0][:k]), fixed, rtol=1e-12)
+        np.testing.assert_allclose(lagrange_weights([0.0, -1.0, -2.0, -3.0][:k], unit_moments(k)), fixed, rtol=1e-12)
     # Exact for polynomials of degree k - 1 on unequal nodes: integral of u^2 over [0, 1] = 1/3.
     nodes = [0.0, -0.7, -2.5]
-    w = lagrange_ab_coeffs(nodes)
+    w = lagrange_weights(nodes, unit_moments(3))
     assert abs(sum(wi * u**2 for wi, u in zip(w, nodes, strict=True)) - 1 / 3) < 1e-12
 
 

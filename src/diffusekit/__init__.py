@@ -1,6 +1,7 @@
 """diffusekit: diffusion models in one framework (schedules, denoisers, samplers, oracle)."""
 
 from .denoiser import Denoiser, DenoiserLike, DenoiserWrapper
+from .interop import discrete_time_denoiser, noise_level_of_c_noise
 from .noise import NoiseSource
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
 from .sample import Constraint, Solution, Solver, Step, StepContext, StepInfo, sample
@@ -24,5 +25,5 @@ __all__ = [
     "DDIM", "DDPM", "Constraint", "Denoiser", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",
-    "make_schedule", "make_solver", "sample",
+    "make_schedule", "make_solver", "sample", "discrete_time_denoiser", "noise_level_of_c_noise",
 ]

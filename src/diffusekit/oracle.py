@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .denoiser import Cond, Denoiser
 from .parameterization import Prediction
+from .schedules.angle import angle_at, angle_of, angle_velocity
 from .schedules.base import NoiseSchedule
 from .utils import append_dims
 
@@ -183,20 +184,18 @@ class GaussianMixture(Denoiser):
         """Reference solution of the probability-flow ODE from ``x_start`` at ``t_start``.
 
         Runs on the CPU. ``t_end=None`` integrates to clean data (sigma = 0). The ODE is solved
-        with DOP853 in float64 in the angle variable phi = atan2(sigma, alpha),
-        where x_phi = x / sqrt(alpha^2 + sigma^2) obeys the schedule-independent
-        dx_phi/dphi = cos(phi) E[eps|x] - sin(phi) E[x0|x] at alpha = cos(phi),
-        sigma = sin(phi) (the PF-ODE in EDM's coordinates x/alpha, sigma/alpha, mapped
-        to a bounded interval, so zero terminal SNR is no special case).
+        with DOP853 in float64 in the angle variable phi = atan2(sigma, alpha)
+        (``schedules.angle``: x_phi = x / sqrt(alpha^2 + sigma^2) obeys the schedule-independent
+        dx_phi/dphi = cos(phi) E[eps|x] - sin(phi) E[x0|x] at alpha = cos(phi), sigma = sin(phi),
+        so zero terminal SNR is no special case).
         """
         from scipy.integrate import solve_ivp
 
         def angle_scale(t: float | None) -> tuple[float, float]:
             if t is None:
-                return 0.0, 1.0
+                return angle_of(1.0, 0.0)  # clean data
             self.schedule.validate_t(t)
-            a, s = (float(v) for v in self.schedule.alpha_sigma(torch.tensor(float(t), dtype=torch.float64)))
-            return math.atan2(s, a), math.hypot(a, s)
+            return angle_at(self.schedule, t)
 
         phi0, r0 = angle_scale(t_start)
         phi1, r1 = angle_scale(t_end)
@@ -211,7 +210,7 @@ class GaussianMixture(Denoiser):
             x0, eps, _ = oracle.posterior(
                 yt, torch.full((b,), c, dtype=torch.float64), torch.full((b,), s, dtype=torch.float64), cond
             )
-            return (c * eps - s * x0).flatten().numpy()
+            return angle_velocity(x0, eps, c, s).flatten().numpy()
 
         sol = solve_ivp(rhs, (phi0, phi1), y0.flatten().numpy(), method="DOP853", rtol=rtol, atol=atol)
         if not sol.success:

@@ -62,6 +62,7 @@ from torch import Tensor
 
 from ..denoiser import Cond, Denoiser
 from ..noise import NoiseSource
+from ..schedules.angle import angle_at, angle_velocity, frame_at, time_of_angle
 from ..schedules.base import NoiseSchedule
 from ..utils import check_positive_int
 
@@ -105,13 +106,9 @@ class _Coordinates:
         self.schedule = schedule
         self.variable = variable
         self.t0, self.t1 = t0, t1
-        self.phi0, self.r0 = self._angle_scale(t0)
-        self.phi1, self.r1 = self._angle_scale(t1)
+        self.phi0, self.r0 = angle_at(schedule, t0)
+        self.phi1, self.r1 = angle_at(schedule, t1)
         self.s0, self.s1 = self.s_of_phi(self.phi0, t0), self.s_of_phi(self.phi1, t1)
-
-    def _angle_scale(self, t: float) -> tuple[float, float]:
-        a, s = (float(v) for v in self.schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
-        return math.atan2(s, a), math.hypot(a, s)
 
     def s_of_phi(self, phi: float, t: float | None = None) -> float:
         """The solver variable at angle ``phi``."""
@@ -128,18 +125,13 @@ class _Coordinates:
         lo, hi = min(self.s0, self.s1), max(self.s0, self.s1)
         s = s.to(torch.float64).clamp(lo, hi)
         if self.variable == "angle":
-            lam = torch.log(torch.cos(s)) - torch.log(torch.sin(s))
-        elif self.variable == "lambda":
-            lam = s
-        else:
-            lam = -torch.log(s)
+            return time_of_angle(self.schedule, s).clamp(self.t0, self.t1)
+        lam = s if self.variable == "lambda" else -torch.log(s)
         return self.schedule.t_of_log_snr(lam).clamp(self.t0, self.t1)
 
     def frame(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(r, cos phi, sin phi, d phi / d s) at schedule time ``t``."""
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        r = torch.sqrt(alpha**2 + sigma**2)
-        c, sn = alpha / r, sigma / r
+        r, c, sn = frame_at(self.schedule, t)
         if self.variable == "angle":
             dphi = torch.ones_like(c)
         elif self.variable == "lambda":
@@ -287,7 +279,7 @@ def ode_log_likelihood(
 
         def velocity(yy: Tensor) -> Tensor:
             pred = denoiser(yy * r, t, cond)
-            return (c * pred.eps - sn * pred.x0) * dphi
+            return angle_velocity(pred.x0, pred.eps, c, sn) * dphi
 
         return velocity
 

@@ -45,6 +45,10 @@ class NoiseSchedule(ABC):
         """The noise-level input a network sees by default (``c_noise``): t itself."""
         return t
 
+    def t_of_model_time(self, model_time: Tensor) -> Tensor:
+        """The inverse of ``model_time``."""
+        return model_time
+
     # ---- derived quantities -------------------------------------------------
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(alpha(t), sigma(t))."""

@@ -25,7 +25,7 @@ from .gaussian_pc import GaussianPC
 from .multistep import IPNDM, LMS, PLMS
 from .runge_kutta import Euler, EulerAncestral, Heun
 from .sde import PC, AnnealedLangevin, EulerMaruyama, LangevinCorrector, ReverseDiffusion
-from .thresholding import ClipX0, DynamicThreshold, make_thresholding
+from .constraints import ClipX0, DynamicThreshold, make_thresholding
 from .unipc import UniPC
 
 __all__ = [

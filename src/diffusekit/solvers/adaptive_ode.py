@@ -1,13 +1,9 @@
 """Adaptive black-box probability-flow ODE solve (Song et al. 2021, sec. 4.3: RK45 with rtol/atol).
 
 Dormand-Prince 5(4) from torchdiffeq (Chen et al. 2018) integrates each grid interval in the
-angle variable phi = atan2(sigma, alpha) with the state y = x / sqrt(alpha^2 + sigma^2):
-
-    dy/dphi = cos(phi) eps_hat - sin(phi) x0_hat,
-
-the probability-flow ODE in EDM's coordinates (dx_hat/ds = eps with s = tan(phi),
-y = cos(phi) x_hat) mapped to the bounded interval [0, pi/2]. Its right-hand side is
-bounded for every schedule, including alpha = 0 (zero terminal SNR, phi = pi/2), so one
+angle variable phi = atan2(sigma, alpha) with the state y = x / sqrt(alpha^2 + sigma^2)
+(``schedules.angle``: dy/dphi = cos(phi) eps_hat - sin(phi) x0_hat). Its right-hand side
+is bounded for every schedule, including alpha = 0 (zero terminal SNR, phi = pi/2), so one
 error control fits all. The interval to the clean end (phi = 0, where the model is never
 called) integrates down to the schedule's t_min and finishes with the x0 jump
 (Song et al.'s final denoising step). Every evaluation goes through ``ctx.model``, so
@@ -25,20 +21,8 @@ import torch
 from torch import Tensor
 
 from ..sample import Solver, Step, StepContext
-from ..schedules.base import NoiseSchedule
+from ..schedules.angle import angle_at, angle_of, angle_velocity, frame_at, time_of_angle
 from .base import register
-
-
-def _time_of_angle(schedule: NoiseSchedule, phi: float) -> tuple[float, float, float, float]:
-    """(t, cos, sin, r) of the schedule point at angle phi: t = lambda^-1(log cot phi), clamped to
-    [t_min, t_max]; cos, sin and r = sqrt(alpha^2 + sigma^2) are recomputed at that t."""
-    c, s = math.cos(phi), math.sin(phi)
-    lam = math.log(max(c, 1e-300)) - math.log(max(s, 1e-300))
-    t = float(schedule.t_of_log_snr(torch.tensor(lam, dtype=torch.float64)))
-    t = min(max(t, schedule.t_min), schedule.t_max)
-    a, sg = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
-    r = math.hypot(a, sg)
-    return t, a / r, sg / r, r
 
 
 @register
@@ -76,20 +60,20 @@ class Dopri5(Solver):
         from torchdiffeq import odeint
 
         schedule = ctx.schedule
-        a1, s1 = (float(v) for v in schedule.alpha_sigma(torch.tensor(t1, dtype=torch.float64)))
-        phi0, phi1 = math.atan2(sigma0, alpha0), math.atan2(s1, a1)
+        (phi0, r0), (phi1, r1) = angle_of(alpha0, sigma0), angle_at(schedule, t1)
         batch = x.shape[0]
 
         def rhs(phi: Tensor, y: Tensor) -> Tensor:
-            t, c, s, r = _time_of_angle(schedule, float(phi))
-            pred = ctx.model(y * r, t)
-            return c * pred.eps - s * pred.x0
+            t = time_of_angle(schedule, phi.detach().to("cpu", torch.float64))
+            r, c, s = (float(v) for v in frame_at(schedule, t))
+            pred = ctx.model(y * r, float(t))
+            return angle_velocity(pred.x0, pred.eps, c, s)
 
         def norm(e: Tensor) -> Tensor:
             return e.reshape(batch, -1).pow(2).mean(1).sqrt().max()
 
-        y0 = x / math.hypot(alpha0, sigma0)
+        y0 = x / r0
         span = torch.tensor([phi0, phi1], dtype=torch.float64, device=x.device)
         options = {"norm": norm, "max_num_steps": self.max_num_steps}
         y1 = odeint(rhs, y0, span, rtol=self.rtol, atol=self.atol, method="dopri5", options=options)[-1]
-        return y1 * math.hypot(a1, s1)
+        return y1 * r1

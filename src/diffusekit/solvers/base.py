@@ -6,6 +6,7 @@ from typing import Any
 
 from ..registry import Registry
 from ..sample import Solver
+from .gaussian_end import GaussianEnd
 
 SOLVERS: Registry[type[Solver]] = Registry("solver")
 
@@ -27,6 +28,4 @@ def make_solver(name: str, **options: Any) -> Solver:
         return solver
     if end != "gaussian":
         raise ValueError(f"end must be 'gaussian' (or not given: the solver's own clean end), got {end!r}")
-    from .gaussian_end import GaussianEnd  # here, not at the top: it imports the solver modules
-
     return GaussianEnd(solver)

@@ -30,15 +30,10 @@ from torch import Tensor
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
 from .base import register
-from .dpm_solver import (
-    _check_order,
-    ddim_limit,
-    lincomb,
-    lowered_order,
-    quadrature_weights,
-)
+from .exponential import check_order, ddim_limit, lincomb, lowered_order
+from .lagrange import lagrange_weights, quadrature_moments, unit_moments
 
-_GL_NODES, _GL_WEIGHTS = (v.tolist() for v in np.polynomial.legendre.leggauss(8))
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
 
 
 class DEISState(NamedTuple):
@@ -69,7 +64,7 @@ class DEIS(Solver):
     default_grid = "tuned_lambda"
 
     def __post_init__(self) -> None:
-        _check_order(self.order, range(1, 4))
+        check_order(self.order, range(1, 4))
         if self.variable not in ("t", "rho"):
             raise ValueError(
                 f"variable must be 't' (tAB-DEIS) or 'rho' (rhoAB-DEIS), got {self.variable!r}"
@@ -85,7 +80,7 @@ class DEIS(Solver):
         """t(rho) at the Gauss-Legendre nodes of every grid interval (one schedule call)."""
         r0 = torch.tensor(rho[:-1], dtype=torch.float64)[:, None]
         r1 = torch.tensor(rho[1:], dtype=torch.float64)[:, None]
-        u = torch.tensor(_GL_NODES, dtype=torch.float64)[None, :]
+        u = torch.from_numpy(_GL_NODES)[None, :]
         r = 0.5 * (r0 + r1) + 0.5 * (r1 - r0) * u
         r = torch.where(
             torch.isfinite(r), r, torch.ones_like(r)
@@ -100,21 +95,12 @@ class DEIS(Solver):
         if self.variable == "rho":
             d = rho1 - rho0
             nodes = [(r - rho0) / d for r, _, _ in hist]
-            return [
-                d * b
-                for b in quadrature_weights(nodes, [1.0 / (j + 1) for j in range(k)])
-            ]
-        ts = [t for _, t, _ in hist]
-        out = [0.0] * k
-        half = 0.5 * (rho1 - rho0)
-        for w, tq in zip(_GL_WEIGHTS, state.t_nodes[step.i]):  # type: ignore[index]
-            for j in range(k):
-                lj = 1.0
-                for m in range(k):
-                    if m != j:
-                        lj *= (tq - ts[m]) / (ts[j] - ts[m])
-                out[j] += half * w * lj
-        return out
+            return [d * b for b in lagrange_weights(nodes, unit_moments(k))]
+        # the basis in t, integrated over rho by Gauss-Legendre; t scaled so the two newest nodes are 0, 1
+        t0, span = step.t0, hist[1][1] - step.t0
+        nodes = [(t - t0) / span for _, t, _ in hist]
+        tq = (np.asarray(state.t_nodes[step.i]) - t0) / span  # type: ignore[index]
+        return lagrange_weights(nodes, quadrature_moments(tq, 0.5 * (rho1 - rho0) * _GL_WEIGHTS, k))
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any

@@ -1,8 +1,9 @@
-"""Any deterministic solver with the clean-end step that is exact for locally Gaussian modes.
+"""The clean-end step that is exact for locally Gaussian modes, and any deterministic solver with it.
 
+``gaussian_end`` is the step (also ``gaussian_pc``'s last step).
 ``make_solver(name, end="gaussian")`` (CLI: ``--option end=gaussian``) wraps a solver in
 ``GaussianEnd``: every step but the last is the solver's own; the step to sigma = 0 is
-``dpm_solver.gaussian_end`` from the solver's two newest model evaluations, instead of
+``gaussian_end`` from the solver's two newest model evaluations, instead of
 the x0 jump or a polynomial end. With the ``gaussian_lambda`` grid (the wrapper's
 default), which stops once modes have separated, this removes the collapse of the
 within-mode spread that first-order and Adams-type solvers show at 8-10 model calls
@@ -11,6 +12,7 @@ within-mode spread that first-order and Adams-type solvers show at 8-10 model ca
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -19,7 +21,38 @@ from torch import Tensor
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
-from .dpm_solver import Node, gaussian_end
+from ..utils import append_dims
+from .exponential import Node
+
+
+def gaussian_end(step: Step, hist: tuple[Node, ...]) -> Tensor:
+    """The step to the clean end that is exact where the data are locally an isotropic Gaussian.
+
+    If the posterior at the newest two evaluations is one Gaussian N(mu, s^2 I) (a
+    decided mode), the denoiser in EDM coordinates y = x / alpha, rho = sigma / alpha is
+    D = mu + s^2 / (s^2 + rho^2) (y - mu), and the probability-flow ODE dy/drho =
+    (y - D) / rho moves y - mu by sqrt(s^2 + rho^2) (Karras et al. 2022, eq. 4 for
+    a Gaussian), so the exact step from rho0 to 0 is
+
+        y(0) = D0 + s (sqrt(s^2 + rho0^2) - s) eps0 / rho0.
+
+    s^2 is estimated per sample from the two newest evaluations: eliminating mu from
+    mu = D_j - s^2 eps_j / rho_j gives D0 - D1 = s^2 (eps0 / rho0 - eps1 / rho1), solved
+    by least squares over the sample's coordinates and clamped at 0. s = 0 is the x0
+    jump (y = D0); any s gives a point between D0 and (y0 + D0) / 2, so the rule is
+    bounded when the data are not Gaussian. With fewer than two evaluations: the jump.
+    """
+    newest = hist[0]
+    if len(hist) < 2:
+        return newest.x0 * step.alpha1
+    prev = hist[1]
+    rho0, rho1 = math.exp(-newest.lam), math.exp(-prev.lam)
+    dx0 = (newest.x0 - prev.x0).flatten(1)
+    deps = (newest.eps / rho0 - prev.eps / rho1).flatten(1)
+    s2 = ((dx0 * deps).sum(1) / (deps * deps).sum(1).clamp_min(torch.finfo(deps.dtype).tiny)).clamp_min(0.0)
+    s = s2.sqrt()
+    weight = s * rho0 / ((s2 + rho0 * rho0).sqrt() + s)  # s (sqrt(s^2 + rho0^2) - s) / rho0, stably
+    return (newest.x0 + append_dims(weight, newest.eps.ndim) * newest.eps) * step.alpha1
 
 
 class GaussianEndState(NamedTuple):

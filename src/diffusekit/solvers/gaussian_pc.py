@@ -24,7 +24,7 @@ corrector; Adams-Bashforth); the corrector (UniC, Zhao et al. 2023, Alg. 1) re-i
 the step just taken through the output at its end (Adams-Moulton), which costs no model
 call and raises the order by one. Weights are integrals of the Lagrange basis in v over
 u, computed by Gauss-Legendre quadrature in lambda once per grid. The step to the clean end is
-``dpm_solver.gaussian_end``: exact once each sample sits in one isotropic Gaussian mode,
+``gaussian_end``: exact once each sample sits in one isotropic Gaussian mode,
 so the grid need not spend calls at low noise (``gaussian_lambda`` grid).
 """
 
@@ -43,7 +43,9 @@ from ..schedules.grids import Grid
 from ..tuned import GAUSSIAN_PC_ORDER, GAUSSIAN_PC_SIGMA_DATA
 from ..utils import check_positive_float
 from .base import register
-from .dpm_solver import Node, _check_order, ddim_limit, gaussian_end, lincomb
+from .exponential import Node, check_order, ddim_limit, lincomb
+from .gaussian_end import gaussian_end
+from .lagrange import lagrange_weights, quadrature_moments
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
@@ -76,16 +78,14 @@ def c_in_weights(lams: list[float], lam0: float, lam1: float, sigma_data: float)
     def v(uu: np.ndarray) -> np.ndarray:
         return uu / np.sqrt(1.0 + (sigma_data * uu) ** 2)
 
-    vq, vn = v(u), v(np.exp(np.asarray(lams)))
+    v0, v1 = v(math.exp(lam0)), v(math.exp(lam1))
+
+    def scaled(uu: np.ndarray) -> np.ndarray:  # v mapped to v0 -> 0, v1 -> 1
+        return (v(uu) - v0) / (v1 - v0)
+
     jac = 0.5 * (lam1 - lam0) * _GL_WEIGHTS * u  # du = e^lambda dlambda
-    out = []
-    for j in range(len(lams)):
-        basis = np.ones_like(vq)
-        for m in range(len(lams)):
-            if m != j:
-                basis *= (vq - vn[m]) / (vn[j] - vn[m])
-        out.append(float((jac * basis).sum()))
-    return out
+    nodes = scaled(np.exp(np.asarray(lams))).tolist()
+    return lagrange_weights(nodes, quadrature_moments(scaled(u), jac, len(lams)))
 
 
 @register
@@ -119,7 +119,7 @@ class GaussianPC(Solver):
     default_grid = "gaussian_lambda"
 
     def __post_init__(self) -> None:
-        _check_order(self.order, range(2 if self.corrector else 1, 9))
+        check_order(self.order, range(2 if self.corrector else 1, 9))
         check_positive_float("sigma_data", self.sigma_data)
 
     def init_state(self, grid: Grid) -> Any:

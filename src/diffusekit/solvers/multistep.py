@@ -37,6 +37,7 @@ from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
 from .base import register
+from .lagrange import lagrange_weights, unit_moments
 from .runge_kutta import euler_update
 
 History = tuple[tuple[float, Tensor], ...]  # (s_j, eps_j), newest first
@@ -48,23 +49,6 @@ AB_COEFFS: dict[int, tuple[float, ...]] = {
     3: (23 / 12, -16 / 12, 5 / 12),
     4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
 }
-
-
-def lagrange_ab_coeffs(nodes: list[float]) -> list[float]:
-    """Variable-step Adams-Bashforth weights: integral over u in [0, 1] of each Lagrange basis
-    polynomial on ``nodes`` (u = (s - s0) / (s1 - s0), nodes[0] = 0 is the current point)."""
-    out = []
-    for j, uj in enumerate(nodes):
-        poly = [1.0]  # increasing powers of u
-        denom = 1.0
-        for m, um in enumerate(nodes):
-            if m == j:
-                continue
-            shifted = [0.0, *poly]
-            poly = [shifted[k] - um * (poly[k] if k < len(poly) else 0.0) for k in range(len(shifted))]
-            denom *= uj - um
-        out.append(sum(c / (k + 1) for k, c in enumerate(poly)) / denom)
-    return out
 
 
 def _check_order(name: str, value: int) -> None:
@@ -200,7 +184,7 @@ class PLMS(Solver):
 class LMS(Solver):
     """Linear multistep (k-diffusion ``sample_lms``; Karras et al. 2022 codebase): variable-step
     Adams-Bashforth in s of order min(max_order, steps so far), with weights integrating the
-    Lagrange interpolant of the past eps exactly (``lagrange_ab_coeffs``). One call per step.
+    Lagrange interpolant of the past eps exactly (``lagrange_weights``, u = (s - s0) / (s1 - s0)). One call per step.
     """
 
     max_order: int = 4
@@ -229,5 +213,5 @@ class LMS(Solver):
         else:
             h = step.sigma1 / step.alpha1 - s0
             nodes = [0.0, *((s - s0) / h for s, _ in state[: k - 1])]
-            out = multistep_update(step, pred, lagrange_ab_coeffs(nodes), state)
+            out = multistep_update(step, pred, lagrange_weights(nodes, unit_moments(k)), state)
         return out, None, ((s0, pred.eps), *state)[: self.max_order - 1]

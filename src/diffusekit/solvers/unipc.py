@@ -1,7 +1,7 @@
 """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast
 Sampling of Diffusion Models"), any order, B(h) = h ('bh1') or B(h) = e^h - 1 ('bh2').
 
-UniP-p (the predictor) is the multistep exponential integrator of ``dpm_solver`` on the
+UniP-p (the predictor) is the multistep exponential integrator (``exponential.py``) on the
 p most recent outputs; UniC-p (the corrector, Alg. 1-2) reuses the model output at the
 predicted point x~_t: the polynomial through the same p outputs *and* M(x~_t) is
 integrated over the step just taken, so the corrected x_t^c = x~_t + c_t * sum_j
@@ -27,21 +27,9 @@ from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
 from .base import register
-from .dpm_solver import (
-    NOISE_FORM_MAX_H,
-    Node,
-    _check_form,
-    _check_order,
-    clean_end,
-    ddim_limit,
-    exp_moments,
-    exp_update,
-    final_step_order,
-    history_nodes,
-    lincomb,
-    lowered_order,
-    quadrature_weights,
-)
+from .exponential import NOISE_FORM_MAX_H, Node, check_form, check_order, clean_end, ddim_limit, exp_moments
+from .exponential import exp_update, final_step_order, history_nodes, lincomb, lowered_order
+from .lagrange import lagrange_weights
 
 
 class UniPCState(NamedTuple):
@@ -107,8 +95,8 @@ class UniPC(Solver):
             raise ValueError(
                 f"variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {self.variant!r}"
             )
-        _check_form(self.form)
-        _check_order(self.final_order, range(1, 4), "final_order")
+        check_form(self.form)
+        check_order(self.final_order, range(1, 4), "final_order")
 
     @property
     def predictor_order(self) -> int:
@@ -121,7 +109,7 @@ class UniPC(Solver):
         g = [h * v for v in exp_moments(-h if data else h, len(nodes))]
         if len(nodes) == 2:  # UniP-2 / UniC-1: a_1 = 1/2
             g[1] = fixed_g1(h, data, self.variant)
-        return quadrature_weights(nodes, g)
+        return lagrange_weights(nodes, g)
 
     def _correct(
         self, x: Tensor, step: Step, pred: Prediction, state: UniPCState

@@ -1,7 +1,9 @@
-"""Shared glue for running the anchors (diffusers, k-diffusion) on diffusekit's exact oracle.
+"""Shared glue for running the anchors (diffusers, k-diffusion) on diffusekit's exact oracle, for
+the anchor tests and the benchmarks (which import it from here).
 
-- ``load_k_diffusion_sampling``: imports ``k_diffusion.sampling`` alone (the package
-  __init__ pulls in scikit-image, torchvision, ...).
+- ``sharp_mixture`` / ``start_points``: the benchmarks' sharp-mode oracle problem.
+- ``load_k_diffusion_sampling``: imports ``k_diffusion.sampling`` (or another submodule) alone
+  (the package __init__ pulls in scikit-image, torchvision, ...).
 - ``diffusers_scheduler``: a diffusers scheduler for a ``DiscreteSchedule`` by short
   name (``DIFFUSERS_SCHEDULERS``), Karras sigmas on or off.
 - ``run_diffusers`` / ``DiffusersOracle``: the scheduler loop with the exact eps model.
@@ -13,7 +15,8 @@
   s = sigma / alpha (as ``DiscreteEpsDDPMDenoiser`` wraps a DDPM eps model), exact at any s;
   ``k_discrete_sigmas`` is ``DiscreteSchedule.get_sigmas`` (log-sigma interpolation of the
   training sigmas at n equally spaced indices).
-- ``grid_of_scheduler`` / ``grid_from_sigmas``: the same points as a diffusekit ``Grid``.
+- ``grid_of_scheduler``: a diffusers scheduler's points as a diffusekit ``Grid`` (k-diffusion's
+  sigmas: ``diffusekit.interop.grid_from_sigmas``).
 - EDM schedule (alpha = 1): ``diffusers_edm_scheduler`` / ``DiffusersEDMOracle`` (diffusers'
   EDM schedulers with the exact model behind their preconditioning), ``k_edm_sigmas``.
 """
@@ -33,17 +36,35 @@ import torch
 from torch import Tensor
 
 import diffusekit as dk
-from diffusekit.schedules.discrete import BETA_SCHEDULES
+from diffusekit.interop import k_diffusion_sigmas
 from diffusekit.oracle import GaussianMixture
+from diffusekit.schedules.discrete import BETA_SCHEDULES
 
 
-def load_k_diffusion_sampling() -> types.ModuleType | None:
-    """Import k_diffusion.sampling alone (its package __init__ pulls in unrelated extras)."""
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or spec.origin is None:
-        return None
+def sharp_mixture(dim: int = 64, components: int = 8, seed: int = 0) -> GaussianMixture:
+    """The benchmark oracle on ``DiscreteSchedule('linear', 1000)``: means in [-1, 1]^dim like image
+    data, component stds 0.02-0.1 (issue 4's sharp modes)."""
+    g = torch.Generator().manual_seed(seed)
+    means = 2 * torch.rand(components, dim, generator=g, dtype=torch.float64) - 1
+    stds = 0.02 + 0.08 * torch.rand(components, generator=g, dtype=torch.float64)
+    return GaussianMixture(means, stds, dk.DiscreteSchedule("linear", 1000))
+
+
+def start_points(oracle: GaussianMixture, n: int, seed: int = 1) -> Tensor:
+    """n draws of x_T ~ N(0, prior_std^2 I) in float64."""
+    g = torch.Generator().manual_seed(seed)
+    return oracle.schedule.prior_std() * torch.randn(n, oracle.dim, generator=g, dtype=torch.float64)
+
+
+def load_k_diffusion_sampling(module: str = "sampling") -> types.ModuleType | None:
+    """Import ``k_diffusion.<module>`` alone (its package __init__ pulls in unrelated extras)."""
+    if "k_diffusion" not in sys.modules:  # (a package made here has no spec to find)
+        spec = importlib.util.find_spec("k_diffusion")
+        if spec is None or spec.origin is None:
+            return None
+        pkg = types.ModuleType("k_diffusion")
+        pkg.__path__ = [os.path.dirname(spec.origin)]  # type: ignore[attr-defined]
+        sys.modules["k_diffusion"] = pkg
     names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
     saved = {n: sys.modules.get(n) for n in names}
     stand_ins = [types.ModuleType(n) for n in names]
@@ -51,12 +72,8 @@ def load_k_diffusion_sampling() -> types.ModuleType | None:
     stand_ins[1].functional = stand_ins[2]  # type: ignore[attr-defined]
     for n, m in zip(names, stand_ins):
         sys.modules.setdefault(n, m)
-    if "k_diffusion" not in sys.modules:
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = [os.path.dirname(spec.origin)]  # type: ignore[attr-defined]
-        sys.modules["k_diffusion"] = pkg
     try:
-        return importlib.import_module("k_diffusion.sampling")
+        return importlib.import_module(f"k_diffusion.{module}")
     except ImportError as e:  # e.g. torchsde missing
         print(f"k-diffusion unavailable: {e}", file=sys.stderr)
         return None
@@ -147,7 +164,7 @@ def has_karras(name: str) -> bool:
 
 def timestep_log_s(schedule: dk.DiscreteSchedule, timestep: Tensor | float) -> Tensor:
     """log(sigma / alpha) at a (fractional) DDPM index: linear in log s between training indices."""
-    log_s = training_sigmas(schedule).log()
+    log_s = k_diffusion_sigmas(schedule).log()
     n = torch.as_tensor(timestep, dtype=torch.float64).clamp(0, len(log_s) - 1)
     lo = n.floor().long().clamp(max=len(log_s) - 2)
     return torch.lerp(log_s[lo], log_s[lo + 1], n - lo)
@@ -265,16 +282,10 @@ class KDiffusionOracle:
         return x0.to(x_hat.dtype).reshape(x_hat.shape)
 
 
-def training_sigmas(schedule: dk.DiscreteSchedule) -> Tensor:
-    """s_n = sqrt((1 - alpha_bar_n) / alpha_bar_n) for n = 0..N-1 (float64)."""
-    abar = schedule.alphas_cumprod
-    return ((1 - abar) / abar).sqrt()
-
-
 def k_discrete_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
     """k-diffusion's ``DiscreteSchedule.get_sigmas(n)``: log-sigma interpolated at n indices
     equally spaced from N - 1 to 0, then 0 (float64)."""
-    log_s = training_sigmas(schedule).log()
+    log_s = k_diffusion_sigmas(schedule).log()
     idx = torch.linspace(len(log_s) - 1, 0, n, dtype=torch.float64)
     lo = idx.floor().long()
     hi = idx.ceil().long()
@@ -284,28 +295,13 @@ def k_discrete_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
 
 def k_karras_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
     """Karras et al. 2022 eq. (5) between the training sigmas' ends (rho = 7), then 0 (float64)."""
-    s = training_sigmas(schedule)
+    s = k_diffusion_sigmas(schedule)
     return _karras_sigmas(float(s[0]), float(s[-1]), n)
 
 
 def _karras_sigmas(lo: float, hi: float, n: int) -> Tensor:
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     return torch.cat([(hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7, ramp.new_zeros(1)])
-
-
-def grid_from_sigmas(schedule: dk.NoiseSchedule, s: Tensor) -> dk.Grid:
-    """A diffusekit Grid through the VE sigmas s = sigma / alpha (a final 0 is the clean end).
-
-    alpha and sigma are taken from s itself (VP: alpha = 1 / sqrt(1 + s^2)), so a solver sees
-    exactly the anchor's points; t is the schedule's time at that log-SNR (for the model).
-    """
-    s = torch.as_tensor(s, dtype=torch.float64).flatten()
-    alpha = (1 + s * s).rsqrt()
-    sigma = s * alpha
-    inner = s > 0
-    t = torch.zeros_like(s)
-    t[inner] = schedule.t_of_log_snr(-s[inner].log()).clamp(schedule.t_min, schedule.t_max)
-    return dk.Grid(t, alpha, sigma)
 
 
 # short name -> (diffusers class, options) for the EDM schedule (sigma in [sigma_min, sigma_max], alpha = 1)

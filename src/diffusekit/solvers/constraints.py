@@ -1,4 +1,4 @@
-"""x0 clipping and dynamic thresholding as sampling-loop constraints.
+"""Sampling-loop constraints on the x0 estimate: clipping and dynamic thresholding.
 
 Both act on every model evaluation through ``Constraint.on_prediction``, so any solver that
 forms an x0 estimate (all of them: ``ctx.model`` applies constraints) gets them by passing
