@@ -62,6 +62,7 @@ def ring_mixture(schedule: NoiseSchedule) -> GaussianMixture:
 SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "ddpm": lambda: dk.DiscreteSchedule("linear", 1000),  # DDPM linear betas 1e-4 .. 0.02
     "edm": lambda: dk.EDMSchedule(),  # sigma in [0.002, 80], alpha = 1
+    "ve": lambda: dk.VESchedule(),  # sigma in [0.01, 50], alpha = 1 (Song et al. 2021)
 }
 
 FAMILIES: dict[str, Callable[[NoiseSchedule], GaussianMixture]] = {

@@ -134,7 +134,7 @@ def diffusers_methods(oracle, quick: bool) -> list[Method]:
         print("diffusers missing: skipped", file=sys.stderr)
         return []
     schedule = oracle.schedule
-    if isinstance(schedule, dk.EDMSchedule):
+    if isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)):
         return diffusers_edm_methods(oracle)
     two_stage = {"heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde"}
 
@@ -166,7 +166,7 @@ def diffusers_methods(oracle, quick: bool) -> list[Method]:
 
 
 def diffusers_edm_methods(oracle) -> list[Method]:
-    """diffusers' EDM schedulers (Euler, DPM-Solver++ 2M / 3M) on Karras and exponential sigmas."""
+    """diffusers' EDM schedulers (Euler, DPM-Solver++ 2M / 3M) on Karras and exponential sigmas (EDM, VE)."""
     schedule = oracle.schedule
 
     def make(name: str, spacing: str) -> Method:
@@ -207,7 +207,7 @@ def k_diffusion_methods(oracle, quick: bool) -> list[Method]:
         calls_per_step, stochastic = K_SAMPLERS[sampler]
 
         def run(x_T: Tensor, steps: int, seed: int, zero_cost: bool) -> tuple[Tensor, int]:
-            if isinstance(schedule, dk.EDMSchedule):  # karras or exponential sigmas over the schedule's range
+            if isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)):  # karras or exponential sigmas over its range
                 sigmas = anchors.k_edm_sigmas(schedule, steps, "karras" if karras else "exponential")
             else:  # the training sigmas: karras between their ends, or interpolated at equal index steps
                 sigmas = (anchors.k_karras_sigmas if karras else anchors.k_discrete_sigmas)(schedule, steps)
@@ -226,7 +226,7 @@ def k_diffusion_methods(oracle, quick: bool) -> list[Method]:
             x = getattr(K, sampler)(model, x_hat, sigmas, disable=True, **options)
             return x.double(), (calls[0] if zero_cost else model.calls)
 
-        spacing = " karras" if karras else (" exponential" if isinstance(schedule, dk.EDMSchedule) else "")
+        spacing = " karras" if karras else (" exponential" if isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)) else "")
         label = sampler.removeprefix("sample_") + "".join(f" {k}={v}" for k, v in options.items()) + spacing
         return Method("k-diffusion", label, stochastic and options.get("eta", 1) != 0, calls_per_step, run)
 

@@ -17,7 +17,7 @@ the anchor tests and the benchmarks (which import it from here).
   training sigmas at n equally spaced indices).
 - ``grid_of_scheduler``: a diffusers scheduler's points as a diffusekit ``Grid`` (k-diffusion's
   sigmas: ``diffusekit.interop.grid_from_sigmas``).
-- EDM schedule (alpha = 1): ``diffusers_edm_scheduler`` / ``DiffusersEDMOracle`` (diffusers'
+- EDM and VE schedules (alpha = 1): ``diffusers_edm_scheduler`` / ``DiffusersEDMOracle`` (diffusers'
   EDM schedulers with the exact model behind their preconditioning), ``k_edm_sigmas``.
 """
 
@@ -304,7 +304,7 @@ def _karras_sigmas(lo: float, hi: float, n: int) -> Tensor:
     return torch.cat([(hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7, ramp.new_zeros(1)])
 
 
-# short name -> (diffusers class, options) for the EDM schedule (sigma in [sigma_min, sigma_max], alpha = 1)
+# short name -> (diffusers class, options) for schedules with alpha = 1 (EDM, VE): sigma in [sigma_min, sigma_max]
 DIFFUSERS_EDM_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "edm_euler": ("EDMEulerScheduler", {}),
     "edm_dpm++2m": ("EDMDPMSolverMultistepScheduler", {"solver_order": 2}),
@@ -312,13 +312,22 @@ DIFFUSERS_EDM_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def diffusers_edm_scheduler(name: str, schedule: dk.EDMSchedule, sigma_schedule: str = "karras") -> Any:
-    """A fresh diffusers EDM scheduler ``DIFFUSERS_EDM_SCHEDULERS[name]`` on the schedule's sigma range,
-    its sigmas spaced by ``sigma_schedule`` ('karras', rho = 7, or 'exponential'), ending at 0."""
+def ve_sigma_range(schedule: dk.NoiseSchedule) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of a schedule with alpha = 1 (EDM, VE); raises for any other."""
+    if not isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)):
+        raise ValueError(f"the EDM anchors need alpha = 1 (EDMSchedule, VESchedule), got {schedule!r}")
+    lam = schedule.log_snr(torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64))
+    return float((-lam[0]).exp()), float((-lam[1]).exp())
+
+
+def diffusers_edm_scheduler(name: str, schedule: dk.NoiseSchedule, sigma_schedule: str = "karras") -> Any:
+    """A fresh diffusers EDM scheduler ``DIFFUSERS_EDM_SCHEDULERS[name]`` on the schedule's sigma range
+    (``ve_sigma_range``), its sigmas spaced by ``sigma_schedule`` ('karras', rho = 7, or 'exponential'),
+    ending at 0."""
     cls_name, defaults = DIFFUSERS_EDM_SCHEDULERS[name]
     cls = getattr(load_diffusers(), cls_name)
-    return cls(sigma_min=schedule.t_min, sigma_max=schedule.t_max, sigma_schedule=sigma_schedule,
-               prediction_type="epsilon", **defaults)
+    lo, hi = ve_sigma_range(schedule)
+    return cls(sigma_min=lo, sigma_max=hi, sigma_schedule=sigma_schedule, prediction_type="epsilon", **defaults)
 
 
 class DiffusersEDMOracle:
@@ -343,10 +352,10 @@ class DiffusersEDMOracle:
         return ((x0 - c_skip * x) / c_out).to(x_in.dtype).reshape(x_in.shape)
 
 
-def k_edm_sigmas(schedule: dk.EDMSchedule, n: int, spacing: str) -> Tensor:
-    """k-diffusion's ``get_sigmas_karras`` (rho = 7) or ``get_sigmas_exponential`` on the schedule's
-    sigma range, then 0 (float64)."""
-    lo, hi = schedule.t_min, schedule.t_max
+def k_edm_sigmas(schedule: dk.NoiseSchedule, n: int, spacing: str) -> Tensor:
+    """k-diffusion's ``get_sigmas_karras`` (rho = 7) or ``get_sigmas_exponential`` on the sigma range of
+    a schedule with alpha = 1 (``ve_sigma_range``), then 0 (float64)."""
+    lo, hi = ve_sigma_range(schedule)
     if spacing == "karras":
         return _karras_sigmas(lo, hi, n)
     if spacing != "exponential":
