@@ -17,16 +17,17 @@ DEFAULT_SOLVER: str = "unipc_logsnr"
 2023) with ``DEFAULT_SOLVER_OPTIONS`` on ``DEFAULT_GRID``, lower-order final steps, and the
 Gaussian clean end from the schedule's t_min. Chosen by ``python benchmarks/solvers_vs_anchors.py
 --families`` (4,000 trajectories per cell; chosen after seeing every DDPM cell, d16k3 / edm and
-iso64 / edm; the other EDM cells are held out): among the configurations there, the smallest
-largest RMSE ratio to the best diffusers / k-diffusion sampler (3.2; median 1.1: parity with the
-anchors, not the issue's 0.5) and the fewest within-mode spread misses but one (the x0 jump of
+iso64 / edm; the other EDM cells and the VE cells are held out): among the configurations there,
+the smallest largest RMSE ratio to the best diffusers / k-diffusion sampler (14.8 over 27 cells;
+median 1.07: parity with the anchors, not the issue's 0.5) and the fewest within-mode spread
+misses but one (the x0 jump of
 the same solver collapses modes narrower than the schedule's smallest sigma / alpha to 0.6-0.8).
 Every cell: ``benchmarks/RESULTS.md``."""
 
 DEFAULT_SOLVER_OPTIONS: dict[str, object] = {"order": 4, "variant": "bh2"}
 """UniPC options of the default: B(h) = e^h - 1, UniP-3 + UniC (diffusers' ``solver_order=3``).
 Same run: order 3 had larger errors at NFE 8-20 on the tuning cells (median ratio over all cells
-1.25 vs 1.10); bh1 was 2-16x the best anchor on the first cell."""
+1.23 vs 1.07); bh1 was 2-16x the best anchor on the first cell."""
 
 DEFAULT_GRID: str = "uniform_lambda"
 """Grid rule of the default sampler: equal steps in log-SNR over the schedule's own range
@@ -35,7 +36,7 @@ fitted constant or on the data's scale."""
 
 DEFAULT_NFE: int = 20
 """Model calls of the default sampler (same run): the smallest of NFE 5 / 8 / 10 / 15 / 20 at which
-its within-mode spread is 1.00-1.03 of the truth on every cell but the 2-d ring (1.07 / 1.08);
+its within-mode spread is 1.00-1.03 of the truth on every cell but the 2-d ring (1.05-1.08);
 at 15 calls it is up to 1.21 (ring2d / ddpm), at 10 up to 1.55 (iso64_x10 / edm)."""
 
 # ---- grids (schedules/grids.py) ------------------------------------------------------------

@@ -14,8 +14,8 @@ best standard method on a grid with no fitted constant, as issue 11 allows:
   which keeps the within-mode spread where the x0 jump collapses modes narrower than the
   schedule's smallest sigma / alpha.
 
-It is at parity with the best diffusers / k-diffusion sampler (RMSE ratio median 1.1, 0.46-3.2
-over 18 family x schedule cells x NFE 5-20), not at the issue's 0.5; every cell is in
+It is at parity with the best diffusers / k-diffusion sampler (RMSE ratio median 1.07, 0.46-14.8
+over 27 family x schedule cells x NFE 5-20), not at the issue's 0.5; every cell is in
 ``benchmarks/RESULTS.md``.
 """
 
