@@ -52,7 +52,8 @@ from diffusekit.models.presets import count_parameters
 from diffusekit.pipeline import load_run, load_training_data, sample_denoiser, train_run
 from diffusekit.train import TrainConfig
 from diffusekit.train.ema import EMA
-from diffusekit.train.plots import image_grid, read_metrics
+from diffusekit.image_grid import image_grid
+from diffusekit.train import read_metrics
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Digits vs diffusers"

@@ -47,8 +47,8 @@ def count_noise(solver: dk.Solver, den: dk.Denoiser, steps: int) -> tuple[int, i
         name = solver.name
         default_grid = solver.default_grid
 
-        def init_state(self, grid):  # type: ignore[no-untyped-def]
-            return solver.init_state(grid)
+        def init_state(self, grid, schedule):  # type: ignore[no-untyped-def]
+            return solver.init_state(grid, schedule)
 
         def step(self, ctx, x, step, state):  # type: ignore[no-untyped-def]
             def noise() -> torch.Tensor:

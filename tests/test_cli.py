@@ -81,7 +81,8 @@ def test_checkpoint_from_another_model(tmp_path: Path) -> None:
     cfg = RunConfig.from_toml(out / "config.toml").with_overrides(["model.preset=small"])
     (out / "config.toml").write_text(cfg.to_toml())
     code, text = run("sample", str(out), "--nfe", "2", "--n", "2")
-    assert code != 0 and "does not match this model" in text and len(text.strip().splitlines()) == 1
+    assert code == 2 and "model.preset='tiny'" in text and "says 'small'" in text
+    assert len(text.strip().splitlines()) == 1
 
 
 def test_unknown_solver_lists_allowed(tmp_path: Path) -> None:

@@ -255,7 +255,7 @@ def test_a_per_sample_grid_equals_each_sample_on_its_own_grid(name: str) -> None
 def test_solvers_without_per_sample_times_refuse_a_per_sample_grid() -> None:
     schedule = dk.DiscreteSchedule("linear")
     grid = dk.Grid.stack([dk.make_grid("karras", schedule, 5, t_start=t) for t in (0.5, 1.0)])
-    with pytest.raises(ValueError, match="per-sample grid needs one of: .*ddim"):
+    with pytest.raises(ValueError, match="per-sample grid needs a solver with per_sample_times"):
         dk.sample(gaussian(schedule), dk.make_solver("unipc"), torch.zeros(2, 3), grid=grid, progress=False)
     with pytest.raises(ValueError, match="same number of steps"):
         dk.Grid.stack([dk.make_grid("karras", schedule, 5), dk.make_grid("karras", schedule, 6)])

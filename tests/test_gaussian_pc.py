@@ -116,12 +116,12 @@ class _StartExactly(dk.Solver):
     def __init__(self, x_next: torch.Tensor, inner: dk.Solver) -> None:
         self.x_next, self.inner = x_next, inner
 
-    def init_state(self, grid: dk.Grid):  # type: ignore[no-untyped-def]
-        return self.inner.init_state(grid)
+    def init_state(self, grid: dk.Grid, schedule: dk.NoiseSchedule):  # type: ignore[no-untyped-def]
+        return self.inner.init_state(grid, schedule)
 
     def step(self, ctx, x, step, state):  # type: ignore[no-untyped-def]
-        x_next, err, state = self.inner.step(ctx, x, step, state)
-        return (self.x_next if step.i == 0 else x_next), err, state
+        x_next, state = self.inner.step(ctx, x, step, state)
+        return (self.x_next if step.i == 0 else x_next), state
 
 
 def test_gaussian_lambda_grid() -> None:

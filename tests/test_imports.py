@@ -70,17 +70,8 @@ def test_find_cycle_detects_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-#: Function-level imports that close a cycle, tolerated for now: each is a known defect to remove.
-KNOWN_LAZY_CYCLE_EDGES = {
-    # sample.per_sample_solvers() lists the registry's names for an error message
-    ("diffusekit.sample", "diffusekit.solvers"),
-}
-
-
 def test_no_import_cycle_in_the_package() -> None:
     graph = import_graph()
-    for module, dep in KNOWN_LAZY_CYCLE_EDGES:
-        graph[module].discard(dep)
     assert "diffusekit.solvers.exponential" in graph["diffusekit.solvers.dpm_solver"]
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])

@@ -147,3 +147,16 @@ def test_rotated_ode_reference_pushes_marginals_forward() -> None:
 def test_oracle_rejects_non_orthogonal_rotation() -> None:
     with pytest.raises(ValueError, match="orthogonal"):
         GaussianMixture([[1.0, 2.0]], 1.0, dk.VPSchedule(), rotation=[[1.0, 0.5], [0.0, 1.0]])
+
+
+def test_posterior_at_per_sample_noise_levels_matches_one_level_at_a_time() -> None:
+    """The (B, K) @ (K, D) path (one noise level for the batch) and the per-sample path agree."""
+    mix = _rotated(dk.VPSchedule())
+    x = mix.sample(6, seed=7, t=0.5)
+    alpha = torch.linspace(0.3, 0.9, 6, dtype=torch.float64)
+    sigma = (1 - alpha**2).sqrt()
+    joint = mix.posterior(x, alpha, sigma)
+    for i in range(6):
+        one = mix.posterior(x[i : i + 1].expand(3, -1), alpha[i].expand(3), sigma[i].expand(3))
+        for a, b in zip(joint, one):
+            torch.testing.assert_close(a[i], b[0], rtol=1e-12, atol=1e-12)

@@ -27,9 +27,9 @@ from diffusekit.train import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
-    save_image_grid,
     scatter_2d,
 )
+from diffusekit.image_grid import save_image_grid
 from diffusekit.train import checkpoint as ckpt_module
 
 
@@ -153,7 +153,7 @@ def test_checkpoint_writes_are_atomic_and_pruned(tmp_path: Path, monkeypatch: py
         save_checkpoint(tmp_path, step, net, state={"x": step}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002.safetensors", "step-00000003.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "latest.json", "step-00000002.safetensors", "step-00000002.state.pt",
+        "step-00000002.safetensors", "step-00000002.state.pt",
         "step-00000003.safetensors", "step-00000003.state.pt",
     ]
 

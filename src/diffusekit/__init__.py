@@ -1,6 +1,16 @@
 """diffusekit: diffusion models in one framework (schedules, denoisers, samplers, oracle)."""
 
 from .denoiser import Denoiser, DenoiserLike, DenoiserWrapper
+from .guidance import (
+    ClassifierEnergy,
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    DiagonalGaussian,
+    EnergyGuidance,
+    LowDensityEnergy,
+    cfg_gaussian_ode_map,
+    tilted_gaussian,
+)
 from .interop import discrete_time_denoiser, noise_level_of_c_noise
 from .noise import NoiseSource
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
@@ -22,6 +32,8 @@ from .solvers import DDIM, DDPM, SOLVERS, make_solver
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassifierEnergy", "ClassifierFreeGuidance", "ClassifierGuidance", "DiagonalGaussian", "EnergyGuidance",
+    "LowDensityEnergy", "cfg_gaussian_ode_map", "tilted_gaussian",
     "DDIM", "DDPM", "Constraint", "Denoiser", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",

@@ -1,20 +1,63 @@
-"""The `diffusekit` command line. Names (schedule, solver, ...) map to classes here and in ``pipeline``."""
+"""The `diffusekit` command line. Names (schedule, solver, ...) map to classes here and in ``pipeline``.
+
+Every command checks all of its inputs before it writes anything. Errors are one line on
+stderr: bad input exits with status 2, a failure while running with 1, and training stopped
+by SIGINT / SIGTERM (after writing a checkpoint) with 130 / 143.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
+from . import __version__
+from .config import MAX_NFE
 
-@click.group()
+
+class InputError(click.ClickException):
+    """A bad argument, option, config value, file or run folder: exit status 2."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Prints every error as one ``Error: ...`` line (click's usage errors included), never a traceback."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        except OSError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, "--version", prog_name="diffusekit", message="%(prog)s %(version)s")
 def main() -> None:
     """diffusekit: train, sample and evaluate diffusion models."""
 
 
-def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from None
+#: What bad input raises below the command line.
+_INPUT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+                                               ModuleNotFoundError)
+
+
+def _refuse(exc: BaseException) -> NoReturn:
+    raise InputError(" ".join(str(exc).split()) or type(exc).__name__) from None
 
 
 def _key_values(items: tuple[str, ...], flag: str) -> dict[str, object]:
@@ -30,60 +73,101 @@ def _key_values(items: tuple[str, ...], flag: str) -> dict[str, object]:
     return out
 
 
+def _train(action: Any) -> Any:
+    """Run a training ``action``: input errors exit 2, a non-finite loss 1, a stop signal 128 + signal."""
+    from .train import NonFiniteLossError, TrainingStopped
+
+    try:
+        return action()
+    except TrainingStopped as e:
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_status)
+    except NonFiniteLossError as e:
+        raise click.ClickException(str(e)) from None
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+
+
+NFE = click.IntRange(1, MAX_NFE)
+
+
 @main.command()
 @click.argument("config")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config value, e.g. optim.lr=1e-3")
 @click.option("--out", "out", default=None, help="run folder (default runs/<name>)")
-@click.option("--no-resume", is_flag=True, help="refuse to continue an existing run")
+@click.option("--no-resume", is_flag=True, help="refuse to continue a folder that already holds a trained run")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool) -> None:
-    """Train from a preset (toy2d, digits, fashion) or a TOML file."""
+    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended)."""
     from .config import load_config
     from .pipeline import train_run
 
     try:
         cfg = load_config(config).with_overrides(list(overrides))
-        run_dir = Path(out or f"runs/{cfg.name}")
-        if no_resume and (run_dir / "checkpoints").exists():
-            raise ValueError(f"{run_dir} already holds a run (drop --no-resume to continue it)")
-        trainer = train_run(cfg, run_dir, resume=not no_resume, progress=not quiet)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    run_dir = Path(out or f"runs/{cfg.name}")
+    trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet))
     click.echo(f"trained {trainer.step} steps; run folder {run_dir} (loss curve {run_dir / 'loss.png'})")
+
+
+def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) -> Path:
+    """Where ``sample`` writes: ``.npy`` for any data, ``.png`` for images (default ``RUN_DIR/grid.png``, else
+    ``RUN_DIR/samples.npy``); anything else is refused."""
+    images = len(data_shape) == 3 and data_shape[0] in (1, 3)
+    path = Path(out) if out is not None else run_dir / ("grid.png" if images else "samples.npy")
+    suffix = path.suffix.lower()
+    if suffix == ".png" and not images:
+        raise ValueError(f"--out {path}: a .png needs images of 1 or 3 channels, this run's data have shape "
+                         f"{data_shape}; allowed: a .npy file")
+    if suffix not in (".png", ".npy"):
+        raise ValueError(f"--out {path}: unknown extension {suffix or '(none)'!r}; allowed: .npy"
+                         + (" or .png" if images else ""))
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; allowed: a file name ending in .npy" + (" or .png" if images else ""))
+    return path
 
 
 @main.command()
 @click.argument("run_dir")
 @click.option("--solver", default=None, help="solver name (see `diffusekit solvers`)")
-@click.option("--nfe", type=int, default=None, help="model evaluations")
-@click.option("--n", "count", type=int, default=64, show_default=True, help="number of samples")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--nfe", type=NFE, default=None, help=f"model evaluations, 1 to {MAX_NFE:,}")
+@click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="number of samples")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--grid", default=None, help="step grid name (default: the solver's)")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
-@click.option("--out", default=None, help="output PNG (images) or .npy (other data)")
+@click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
            options: tuple[str, ...], out: str | None) -> None:
     """Sample from a trained run folder."""
     import numpy as np
 
+    from .files import atomic_write
+    from .image_grid import save_image_grid
     from .pipeline import load_run, sample_denoiser
-    from .train import save_image_grid
+    from .schedules import GRIDS
+    from .solvers import make_solver
 
     try:
-        run = load_run(run_dir)
         opts = _key_values(options, "--option")
+        run = load_run(run_dir)
         name = solver or run.config.sampling.solver
-        sol = sample_denoiser(run.denoiser, run.info, name, nfe or run.config.sampling.nfe, count, seed=seed,
-                              grid=grid, progress=True, **opts)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        _fail(e)
-    images = len(run.info.data_shape) == 3
-    path = Path(out or Path(run_dir) / ("grid.png" if images else "samples.npy"))
-    if images:
+        make_solver(name, **opts)
+        if grid is not None:
+            GRIDS.get(grid)
+        path = _output_path(out, Path(run_dir), run.info.data_shape)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    sol = sample_denoiser(run.denoiser, run.info, name, nfe or run.config.sampling.nfe, count, seed=seed,
+                          grid=grid, progress=True, **opts)
+    if path.suffix.lower() == ".png":
         save_image_grid(sol.x, path, nrow=int(count**0.5) or 1, scale=4)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, sol.x.numpy())
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, sol.x.numpy())
+
+        atomic_write(path, write)
     click.echo(f"{count} samples with {name} ({sol.nfe} NFE) -> {path}")
 
 
@@ -97,16 +181,14 @@ def info(run_dir: str) -> None:
 
     try:
         run = load_run(run_dir)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    except _INPUT_ERRORS as e:
+        _refuse(e)
     click.echo(run.config.to_toml())
     click.echo(f"data shape {run.info.data_shape}, classes {run.info.num_classes}, "
                f"parameters {count_parameters(run.denoiser.net):,}, checkpoint step {run.meta.get('step')}")
-    metrics = Path(run_dir) / "metrics.jsonl"
-    if metrics.is_file():
-        rows = read_metrics(metrics)
-        if rows:
-            click.echo("last log: " + json.dumps(rows[-1]))
+    if rows:
+        click.echo("last log: " + json.dumps(rows[-1]))
 
 
 @main.command()
@@ -124,7 +206,7 @@ def solvers() -> None:
 
 @main.command()
 @click.option("--out", default="runs/demo-digits", show_default=True, help="run folder")
-@click.option("--steps", type=int, default=None, help="training steps (default: the digits preset's)")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="training steps (default: the digits preset's)")
 @click.option("--oracle", is_flag=True, help="instead: sample the exact 2-D oracle (no training)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
@@ -132,22 +214,25 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
     if oracle:
         from .demo import oracle_demo
 
-        oracle_demo(out if out != "runs/demo-digits" else "runs/oracle-demo")
+        target = Path(out if out != "runs/demo-digits" else "runs/oracle-demo")
+        if target.exists() and not target.is_dir():
+            _refuse(NotADirectoryError(f"--out {target} is a file; allowed: a folder"))
+        oracle_demo(target)
         return
     from .demo import digits_demo
 
-    digits_demo(out, steps=steps, progress=not quiet)
+    _train(lambda: digits_demo(out, steps=steps, progress=not quiet))
 
 
 @main.command("eval")
 @click.argument("run_dir")
 @click.option("--metrics", default=None,
               help="comma list of fid,kid,pr,cfd,is,sw,nll,vlb (default: those that apply to the data)")
-@click.option("--n", "count", type=int, default=500, show_default=True, help="samples and real items")
+@click.option("--n", "count", type=click.IntRange(min=1), default=500, show_default=True, help="samples and real items")
 @click.option("--solver", default=None, help="solver name (default: the run's)")
-@click.option("--nfe", type=int, default=None, help="model evaluations per sample (default: the run's)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=int, default=64, show_default=True, help="items per likelihood batch")
+@click.option("--nfe", type=NFE, default=None, help=f"model evaluations per sample, 1 to {MAX_NFE:,} (default: the run's)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="items per likelihood batch")
 @click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
               help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
 @click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
@@ -156,17 +241,21 @@ def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | No
                  batch: int, nll_options: tuple[str, ...], out: str | None, quiet: bool) -> None:
     """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB."""
     from .evaluate import evaluate_run, format_table
+    from .files import atomic_write_text
     from .metrics import InceptionUnavailableError
-    from .train import atomic_write_text
+    from .solvers import make_solver
 
+    path = Path(out or Path(run_dir) / "eval.json")
     try:
+        if path.suffix.lower() != ".json" or path.is_dir():
+            raise ValueError(f"--out {path}: allowed a file name ending in .json")
         ode = _key_values(nll_options, "--nll-option")
+        if solver is not None:
+            make_solver(solver)
         result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
                               progress=not quiet, nll_options=ode)
-    except (ValueError, FileNotFoundError, TypeError, InceptionUnavailableError) as e:
-        _fail(e)
-    path = Path(out or Path(run_dir) / "eval.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
+        _refuse(e)
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     data = result["data"]
     click.echo(f"{run_dir} (step {result['checkpoint_step']}); real data: {data['n']} items of {data['dataset']} "

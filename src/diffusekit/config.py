@@ -7,7 +7,9 @@ preset) stay strings here; ``pipeline`` maps them to classes at the edge.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ class RunConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2
     sample_every: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,14 +104,24 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return _build(cls, d, "config")
+        """Build and :func:`check_config` a config from nested dicts."""
+        return check_config(_build(cls, d, "config"))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
-        return cls.from_dict(tomllib.loads(p.read_text()))
+        try:
+            d = tomllib.loads(p.read_text(encoding="utf-8", errors="replace"))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p} is not valid TOML ({e}); allowed: key = value lines and [section] headers") from None
+        return cls.from_dict(d)
+
+    def changed_fields(self, other: "RunConfig") -> list[tuple[str, Any, Any]]:
+        """(dotted key, value here, value in ``other``) for every setting that differs."""
+        a, b = _flatten(dataclasses.asdict(self)), _flatten(dataclasses.asdict(other))
+        return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
     def with_overrides(self, assignments: list[str] | tuple[str, ...]) -> "RunConfig":
         """Apply ``section.key=value`` assignments (values parsed as TOML literals, else strings)."""
@@ -132,6 +145,78 @@ def parse_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+#: The most model calls ``sample`` / ``eval`` / ``sampling.nfe`` accept.
+MAX_NFE = 10_000
+
+
+def _integer(lo: int, hi: int | None = None, none: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if v is None:
+            return none
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+
+    text = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi:,}"
+    return ok, text + (" (or left out)" if none else "")
+
+
+def _number(lo: float, hi: float = math.inf, lo_open: bool = True, hi_open: bool = True) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    text = f"a number {'>' if lo_open else '>='} {lo:g}" + (f" and {'<' if hi_open else '<='} {hi:g}" if hi < math.inf else "")
+    return ok, text
+
+
+def _one_of(*allowed: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in allowed), "one of " + ", ".join(allowed)
+
+
+_FLAG: tuple[Callable[[Any], bool], str] = (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _name(none: bool = False) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: (v is None and none) or (isinstance(v, str) and v.strip() != "")), "a name" + (" (or left out)" if none else "")
+
+
+#: What each setting allows; names (schedule, solver, ...) are checked against their registries in ``pipeline``.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": _name(), "steps": _integer(1), "seed": _integer(0), "log_every": _integer(1),
+    "checkpoint_every": _integer(1), "keep_checkpoints": _integer(1), "sample_every": _integer(1, none=True),
+    "data.name": _name(), "data.batch_size": _integer(1), "data.flip": _FLAG,
+    "data.image_size": _integer(1, none=True), "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool),
+                                                                 "1 or 3 (or left out)"),
+    "data.num_samples": _integer(1),
+    "model.kind": _one_of("unet", "mlp"), "model.preset": _name(), "model.class_conditional": _FLAG,
+    "diffusion.schedule": _name(), "diffusion.parameterization": _name(), "diffusion.time_sampling": _name(),
+    "diffusion.weighting": _name(), "diffusion.label_dropout": _number(0.0, 1.0, lo_open=False),
+    "optim.lr": _number(0.0), "optim.weight_decay": _number(0.0, lo_open=False), "optim.warmup_steps": _integer(0),
+    "optim.lr_schedule": _one_of("constant", "cosine"), "optim.grad_clip": _number(0.0),
+    "optim.ema_half_life": _number(0.0), "optim.bf16": _FLAG,
+    "sampling.solver": _name(), "sampling.nfe": _integer(1, MAX_NFE), "sampling.grid": _name(none=True),
+}
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """Raise ``ValueError`` naming the first setting of the wrong type or out of range, and what is allowed."""
+    for key, value in _flatten(dataclasses.asdict(cfg)).items():
+        ok, allowed = RULES[key]
+        if not ok(value):
+            raise ValueError(f"{key} must be {allowed}, got {value!r}")
+    return cfg
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +278,6 @@ def load_config(name_or_path: str) -> RunConfig:
 
 
 __all__ = [
-    "DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "PRESETS", "RunConfig", "SamplingConfig",
-    "load_config",
+    "DataConfig", "DiffusionConfig", "MAX_NFE", "ModelConfig", "OptimConfig", "PRESETS", "RULES", "RunConfig",
+    "SamplingConfig", "check_config", "load_config",
 ]

@@ -74,7 +74,7 @@ def digits_demo(
     from .config import PRESETS
     from .metrics import logistic_digits_confidence
     from .pipeline import load_run, sample_denoiser, train_run
-    from .train import save_image_grid
+    from .image_grid import save_image_grid
 
     cfg = PRESETS["digits"]
     if steps is not None:

@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .data import TOY_NAMES, load_dataset
 from .denoiser import Denoiser
 from .likelihood import continuous_vlb, dequantized_bits_per_dim, discrete_vlb, ode_log_likelihood
 from .pipeline import LoadedRun, load_run, load_training_data, sample_denoiser
+from .progress import progress_bar
 from .schedules.discrete import DiscreteSchedule
 from .utils import check_positive_int
 
@@ -269,8 +269,8 @@ def _mean_and_se(values: Tensor) -> tuple[float, float]:
 
 def _batches(n: int, batch: int, desc: str, progress: bool) -> list[tuple[int, slice]]:
     starts = list(range(0, n, batch))
-    return list(enumerate(tqdm([slice(s, min(s + batch, n)) for s in starts], desc=desc, unit="batch",
-                               disable=not progress, leave=False)))
+    return list(enumerate(progress_bar([slice(s, min(s + batch, n)) for s in starts], desc=desc, unit="batch",
+                                       enabled=progress, leave=False)))
 
 
 def nll_metric(

@@ -13,6 +13,10 @@ and with responsibilities r_k(x) the posterior means are
 it also gives the exact score, log p_t, exact samples and a float64 reference
 solution of the probability-flow ODE (Song et al. 2021, eq. 13), against which
 solvers' convergence orders and likelihoods are tested.
+
+Components may carry class labels (several components per class), which makes the
+oracle class-conditional: p(x | y), the classifier p(y | x_t) and therefore every
+guided score (classifier, classifier-free, energy guidance) are exact.
 """
 
 from __future__ import annotations
@@ -39,8 +43,15 @@ class GaussianMixture(Denoiser):
     ``weights`` (K,) (uniform by default). ``rotation``: an orthogonal (D, D) Q shared by
     the components, whose covariances are then Q diag(stds_k^2) Q^T (full covariance;
     ``stds`` are the standard deviations along Q's columns). ``shape`` reshapes the D-vector, e.g.
-    (1, 4, 4) to pose as images. Class-conditional calls (``cond`` = component
-    index per sample) use one class per component.
+    (1, 4, 4) to pose as images.
+
+    Class-conditional calls take ``cond`` = a class label (one per sample, or one for all):
+    the denoiser, score and ``log_prob`` are then those of p(x | y). ``labels`` (K,) gives
+    each component's class in 0..C-1 (every class needs a component; several components
+    may share a class); by default each component is its own class, so ``cond`` is the
+    component index. The label ``null_label`` = C means "no condition" (the unconditional
+    mixture), as the null label of the networks' class embedding, so one batch may mix
+    conditional and unconditional samples (classifier-free guidance).
     """
 
     def __init__(
@@ -50,6 +61,7 @@ class GaussianMixture(Denoiser):
         schedule: NoiseSchedule,
         weights: Tensor | Sequence | None = None,
         shape: Sequence[int] | None = None,
+        labels: Tensor | Sequence[int] | None = None,
         rotation: Tensor | Sequence | None = None,
     ) -> None:
         super().__init__(None, schedule, "x0")
@@ -72,6 +84,18 @@ class GaussianMixture(Denoiser):
         self.register_buffer("rotation", rotation)
         self.register_buffer("variances", stds.pow(2).contiguous())
         self.register_buffer("log_weights", (weights / weights.sum()).log())
+        labels = torch.arange(k) if labels is None else torch.as_tensor(labels)
+        if labels.shape != (k,) or labels.is_floating_point() or labels.is_complex() or bool((labels < 0).any()):
+            raise ValueError(f"labels must be {k} non-negative integers (a class per component), got {labels.tolist()}")
+        labels = labels.long()
+        num_classes = int(labels.max()) + 1
+        if labels.unique().numel() != num_classes:
+            raise ValueError(f"labels must use every class 0..{num_classes - 1}, got {sorted(set(labels.tolist()))}")
+        members = labels == torch.arange(num_classes)[:, None]  # (C, K)
+        self.register_buffer("labels", labels)
+        self.register_buffer("members", torch.cat([members, torch.ones(1, k, dtype=torch.bool)]))  # null row: all
+        class_log_weights = self.log_weights.masked_fill(~members, -math.inf).logsumexp(1)
+        self.register_buffer("class_log_weights", torch.cat([class_log_weights, class_log_weights.new_zeros(1)]))
         self.data_shape = tuple(shape) if shape is not None else (d,)
         if math.prod(self.data_shape) != d:
             raise ValueError(f"shape {self.data_shape} does not hold {d} values")
@@ -84,6 +108,28 @@ class GaussianMixture(Denoiser):
     def dim(self) -> int:
         return self.means.shape[1]
 
+    @property
+    def num_classes(self) -> int:
+        return self.members.shape[0] - 1
+
+    @property
+    def null_label(self) -> int:
+        """The label meaning "unconditional" (``num_classes``)."""
+        return self.num_classes
+
+    def class_index(self, cond: Cond, batch: int) -> Tensor:
+        """``cond`` (a label, or one per sample) as (batch,) long labels in 0..null_label, checked."""
+        y = torch.as_tensor(cond, device=self.means.device)
+        if y.is_floating_point() or y.is_complex() or y.ndim > 1 or (y.ndim == 1 and y.shape[0] != batch):
+            raise ValueError(f"cond must be an integer label or ({batch},) integer labels, got {cond!r}")
+        y = y.long().expand(batch)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.null_label):
+            raise ValueError(
+                f"class labels must be in [0, {self.null_label}] ({self.null_label} = null label), "
+                f"got range [{int(y.min())}, {int(y.max())}]"
+            )
+        return y
+
     def to_frame(self, x: Tensor) -> Tensor:
         """Flat (B, D) points in the components' eigen-frame, y = Q^T x (x itself without rotation)."""
         return x if self.rotation is None else x @ self.rotation
@@ -93,40 +139,56 @@ class GaussianMixture(Denoiser):
         return y if self.rotation is None else y @ self.rotation.T
 
     # ---- closed forms --------------------------------------------------------
+    def _joint(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log w_k + log N(y; alpha mu_k, v_k) (B, K), 1 / v_k (B or 1, K, D), y - alpha mu_k (B, K, D),
+        y) in the eigen-frame y = Q^T x (|det Q| = 1 leaves the density); v_k has one row when every
+        sample is at the same noise level."""
+        if alpha.numel() > 1 and bool((alpha == alpha[0]).all()) and bool((sigma == sigma[0]).all()):
+            alpha, sigma = alpha[:1], sigma[:1]
+        a = alpha.reshape(-1, 1, 1)
+        prec = 1 / (a**2 * self.variances + sigma.reshape(-1, 1, 1) ** 2)
+        y = self.to_frame(x)
+        diff = y[:, None, :] - a * self.to_frame(self.means)
+        log_n = 0.5 * (torch.log(prec / (2 * math.pi)).sum(-1) - (diff**2 * prec).sum(-1))
+        return self.log_weights + log_n, prec, diff, y
+
     def posterior(
         self, x: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(E[x0 | x], E[eps | x], log p_t(x)) for flat float64 x (B, D) and alpha, sigma (B,).
+        """(E[x0 | x], E[eps | x], log p_t(x)) for flat float64 x (B, D) and alpha, sigma (B,);
+        with ``cond``, of p_t(x | y).
 
         Computed in the eigen-frame (``to_frame``), where each component is diagonal, and
-        mapped back: E[x0 | x] = Q E[y0 | Q^T x], likewise for eps; |det Q| = 1 leaves log p.
+        mapped back: E[x0 | x] = Q E[y0 | Q^T x], likewise for eps. At one noise level for the
+        whole batch the sums over components are (B, K) @ (K, D) products.
         """
-        if alpha.numel() > 1 and bool((alpha == alpha[0]).all()) and bool((sigma == sigma[0]).all()):
-            alpha, sigma = alpha[:1], sigma[:1]  # one noise level: (K, D) coefficients, (B, K) matrix products
-        a = alpha.reshape(-1, 1, 1)
-        s = sigma.reshape(-1, 1, 1)
-        prec = 1 / (a**2 * self.variances + s**2)  # (B or 1, K, D)
-        means = self.to_frame(self.means)
-        y = self.to_frame(x)
-        diff = y[:, None, :] - a * means  # (B, K, D)
-        log_n = 0.5 * (torch.log(prec / (2 * math.pi)).sum(-1) - (diff**2 * prec).sum(-1))
-        logits = self.log_weights + log_n
+        logits, prec, diff, x_frame = self._joint(x, alpha, sigma)
         if cond is not None:
-            mask = torch.nn.functional.one_hot(torch.as_tensor(cond, device=x.device).long(), self.num_components).bool()
-            logits = logits.masked_fill(~mask, -math.inf)
+            y = self.class_index(cond, x.shape[0])
+            logits = logits.masked_fill(~self.members[y], -math.inf)
         log_p = torch.logsumexp(logits, 1)
         r = torch.softmax(logits, 1)
+        a, s = (v[: prec.shape[0]].reshape(-1, 1, 1) for v in (alpha, sigma))
+        means = self.to_frame(self.means)
         gain = a * self.variances * prec  # E[y0 | y, k] = mu_k + gain_k (y - a mu_k)
         if prec.shape[0] == 1:  # sum_k r_k (c_k + g_k y) as (B, K) @ (K, D)
-            x0 = r @ (means * (1 - a * gain))[0] + y * (r @ gain[0])
-            eps = y * (r @ (s * prec)[0]) - r @ (s * a * means * prec)[0]
+            x0 = r @ (means * (1 - a * gain))[0] + x_frame * (r @ gain[0])
+            eps = x_frame * (r @ (s * prec)[0]) - r @ (s * a * means * prec)[0]
         else:
             x0 = (r[..., None] * (means + gain * diff)).sum(1)
             eps = (r[..., None] * (s * prec * diff)).sum(1)
         x0, eps = self.from_frame(x0), self.from_frame(eps)
         if cond is not None:
-            log_p = log_p - self.log_weights[torch.as_tensor(cond, device=x.device).long()]
+            log_p = log_p - self.class_log_weights[y]
         return x0, eps, log_p
+
+    def class_log_prob(self, x: Tensor, t: float | Tensor | None = None) -> Tensor:
+        """Exact log p(y | x_t) for every class y (float64, (B, C)); differentiable in x, so it
+        serves as the time-aware classifier of classifier guidance. ``t=None``: clean data."""
+        alpha, sigma = self._coeffs_or_clean(t, x)
+        logits = self._joint(x.flatten(1).double(), alpha, sigma)[0]
+        per_class = logits[:, None, :].masked_fill(~self.members[:-1], -math.inf).logsumexp(-1)  # (B, C)
+        return per_class - logits.logsumexp(1, keepdim=True)
 
     def _coeffs(self, t: float | Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         t = self._time(t, x)
@@ -141,13 +203,17 @@ class GaussianMixture(Denoiser):
             x, append_dims(alpha.to(x.dtype), x.ndim), append_dims(sigma.to(x.dtype), x.ndim), back(x0), back(eps)
         )
 
-    def log_prob(self, x: Tensor, t: float | Tensor | None = None, cond: Cond = None) -> Tensor:
-        """Exact log p_t(x) (float64, shape (B,)); ``t=None`` means the data distribution."""
+    def _coeffs_or_clean(self, t: float | Tensor | None, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha, sigma) (B,) at ``t``, or of clean data (1, 0) when ``t`` is None."""
         if t is None:
             alpha = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-            sigma = torch.zeros_like(alpha)
-        else:
-            alpha, sigma = self._coeffs(t, x)
+            return alpha, torch.zeros_like(alpha)
+        return self._coeffs(t, x)
+
+    def log_prob(self, x: Tensor, t: float | Tensor | None = None, cond: Cond = None) -> Tensor:
+        """Exact log p_t(x) (float64, shape (B,)), or log p_t(x | y) with ``cond``; ``t=None``
+        means the data distribution."""
+        alpha, sigma = self._coeffs_or_clean(t, x)
         return self.posterior(x.flatten(1).double(), alpha, sigma, cond)[2]
 
     def score(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Tensor:
@@ -156,12 +222,14 @@ class GaussianMixture(Denoiser):
 
     # ---- exact samples -------------------------------------------------------
     def sample(self, n: int, seed: int = 0, cond: Cond = None, t: float | None = None) -> Tensor:
-        """n exact draws from the data distribution (or from p_t if ``t`` is given), float64."""
+        """n exact draws from the data distribution (or from p_t if ``t`` is given), float64;
+        with ``cond`` (a label or n labels), from p(x | y)."""
         g = torch.Generator().manual_seed(seed)
         if cond is None:
             comp = torch.multinomial(self.log_weights.exp().cpu(), n, replacement=True, generator=g)
         else:
-            comp = torch.as_tensor(cond).long().cpu().expand(n)
+            probs = self.log_weights.exp()[None] * self.members[self.class_index(cond, n)]
+            comp = torch.multinomial(probs.cpu(), 1, generator=g)[:, 0]
         comp = comp.to(self.means.device)
         z = torch.randn(n, self.dim, generator=g, dtype=torch.float64).to(self.means.device)
         x0 = self.means[comp] + self.from_frame(self.variances[comp].sqrt() * z)

@@ -2,28 +2,54 @@
 
 A run folder holds ``config.toml``, ``run.json`` (data shape and classes),
 ``checkpoints/``, ``metrics.jsonl``, ``loss.png`` and sample grids.
+
+Every input is checked before the folder is touched (:func:`prepare_run`): a refused
+command leaves the folder exactly as it was. A checkpoint is used only if it verifies
+and was trained with the model, schedule, parameterization and data shape the config names.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .config import RunConfig
+from .config import RunConfig, check_config
 from .data import ArrayLoader, load_dataset
 from .data.toys import TOY_NAMES
 from .denoiser import Denoiser
+from .files import atomic_write_text, remove_orphan_temp_files
+from .image_grid import save_image_grid
 from .losses import DSMLoss
 from .models import mlp_preset, unet_preset
-from .sample import Solution, sample
-from .schedules import make_grid, make_schedule
+from .sample import Solution, sample, steps_for_nfe
+from .schedules import GRIDS, make_grid, make_schedule
 from .solvers import make_solver
-from .train import TrainConfig, Trainer, atomic_write_text, load_weights, save_image_grid
+from .train import (
+    Checkpoint,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    TrainConfig,
+    Trainer,
+    newest_checkpoint,
+)
+from .train.checkpoint import check_compatible, copy_weights
+
+Report = Callable[[str], None]
+
+#: Settings that may change when a run is continued: they do not change what was trained so far.
+CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every")
+
+
+def to_stderr(message: str) -> None:
+    """The default ``report``: one line on stderr."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -41,8 +67,60 @@ class RunInfo:
         path = run_dir / "run.json"
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a diffusekit run folder (no run.json)")
-        d = json.loads(path.read_text())
-        return cls(tuple(d["data_shape"]), d["num_classes"])
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            return cls(tuple(int(v) for v in d["data_shape"]), d["num_classes"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is unreadable ({e}); allowed: the JSON diffusekit writes") from None
+
+
+def run_meta(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
+    """What a checkpoint records about the run it belongs to, checked again whenever it is loaded."""
+    return {
+        "model.kind": cfg.model.kind, "model.preset": cfg.model.preset,
+        "model.class_conditional": cfg.model.class_conditional, "diffusion.schedule": cfg.diffusion.schedule,
+        "diffusion.parameterization": cfg.diffusion.parameterization, "data_shape": list(info.data_shape),
+        "num_classes": info.num_classes,
+    }
+
+
+def check_checkpoint_meta(ckpt: Checkpoint, cfg: RunConfig, info: RunInfo, run: Path) -> None:
+    """Refuse a checkpoint whose recorded model, schedule, parameterization or data differ from the run's
+    (``config.toml`` and ``run.json`` in the folder ``run``)."""
+    expected = run_meta(cfg, info)
+    recorded = dict(ckpt.meta)
+    if "diffusion.parameterization" not in recorded and "parameterization" in recorded:  # older checkpoints
+        recorded["diffusion.parameterization"] = recorded["parameterization"]
+    for key, value in expected.items():
+        if key in recorded and recorded[key] != value:
+            where = run / ("run.json" if key in ("data_shape", "num_classes") else "config.toml")
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt.path.name} was trained with {key}={recorded[key]!r} but {where} says {value!r}; "
+                f"allowed: set it back to {recorded[key]!r}, or train a new run in another folder"
+            )
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Every name in the config (schedule, parameterization, loss, model preset, solver, grid) is registered."""
+    from .losses.time_sampling import TIME_SAMPLERS
+    from .losses.weighting import WEIGHTINGS
+    from .models import PRESET_NAMES
+    from .parameterization import PARAMETERIZATIONS
+    from .schedules import SCHEDULES
+    from .solvers import SOLVERS
+
+    if cfg.model.preset not in PRESET_NAMES:
+        raise ValueError(f"model.preset must be one of {', '.join(PRESET_NAMES)}, got {cfg.model.preset!r}")
+    for key, registry, name in [
+        ("diffusion.schedule", SCHEDULES, cfg.diffusion.schedule),
+        ("diffusion.parameterization", PARAMETERIZATIONS, cfg.diffusion.parameterization),
+        ("diffusion.time_sampling", TIME_SAMPLERS, cfg.diffusion.time_sampling),
+        ("diffusion.weighting", WEIGHTINGS, cfg.diffusion.weighting),
+        ("sampling.solver", SOLVERS, cfg.sampling.solver),
+        ("sampling.grid", GRIDS, cfg.sampling.grid),
+    ]:
+        if name is not None and name not in registry:
+            raise ValueError(f"{key} must be one of {', '.join(registry.names())}, got {name!r}")
 
 
 def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
@@ -77,18 +155,58 @@ def build_denoiser(cfg: RunConfig, info: RunInfo) -> Denoiser:
     return Denoiser(build_network(cfg, info), make_schedule(cfg.diffusion.schedule), cfg.diffusion.parameterization)
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> Trainer:
-    """Train (or resume) a run in ``run_dir``; writes config, checkpoints, metrics, loss curve and samples."""
+@dataclass
+class PreparedRun:
+    """A training run checked end to end and ready to start; nothing has been written yet."""
+
+    config: RunConfig
+    run_dir: Path
+    info: RunInfo
+    denoiser: Denoiser
+    loader: ArrayLoader
+    loss: DSMLoss
+    train_config: TrainConfig
+    resume_step: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _existing_run(run: Path) -> tuple[RunConfig | None, RunInfo | None, bool]:
+    """The config and data info of a run folder (None where absent) and whether it has checkpoints."""
+    has_ckpt = any((run / "checkpoints").glob("step-*.safetensors"))
+    cfg = RunConfig.from_toml(run / "config.toml") if (run / "config.toml").is_file() else None
+    info = RunInfo.read(run) if (run / "run.json").is_file() else None
+    return cfg, info, has_ckpt
+
+
+def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> PreparedRun:
+    """Check everything a training run needs -- config, names, data, the folder, its checkpoints -- without writing.
+
+    A folder with checkpoints is continued if its config differs at most in :data:`CONTINUABLE` settings and
+    its newest good checkpoint is at most ``cfg.steps`` (``resume=False`` refuses it instead).
+    """
+    check_config(cfg)
+    check_names(cfg)
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"run folder {run} is a file; allowed: a folder (new or holding a run)")
+    old_cfg, old_info, has_ckpt = _existing_run(run) if run.is_dir() else (None, None, False)
+    if has_ckpt and not resume:
+        raise ValueError(f"{run} already holds a trained run; drop --no-resume to continue it, or choose another --out")
+    if has_ckpt and old_cfg is not None:
+        changed = [c for c in old_cfg.changed_fields(cfg) if c[0] not in CONTINUABLE and not c[0].startswith("sampling.")]
+        if changed:
+            key, was, now = changed[0]
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            raise ValueError(
+                f"{run} holds a run with {key}={was!r}, not {now!r}{more}; a run continues with the same settings "
+                f"except {', '.join(CONTINUABLE)} and sampling.*; choose another --out for a new run"
+            )
     torch.manual_seed(cfg.seed)
     x, y = load_training_data(cfg)
     info = RunInfo(tuple(x.shape[1:]), int(y.max()) + 1 if y is not None else None)
-    existing = run / "config.toml"
-    if resume and existing.is_file() and RunConfig.from_toml(existing) != cfg:
-        raise ValueError(f"{run} holds a run with a different config; use another folder or --no-resume")
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(existing, cfg.to_toml())
-    atomic_write_text(run / "run.json", info.to_json())
+    if has_ckpt and old_info is not None and old_info != info:
+        raise ValueError(f"{run} was trained on data of shape {old_info.data_shape} with {old_info.num_classes} classes; "
+                         f"{cfg.data.name} gives {info.data_shape} with {info.num_classes}; choose another --out")
     denoiser = build_denoiser(cfg, info)
     conditional = cfg.model.class_conditional and y is not None
     loader = ArrayLoader(x, y if conditional else None, batch_size=cfg.data.batch_size, seed=cfg.seed, flip=cfg.data.flip)
@@ -100,14 +218,40 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progr
         null_label=info.num_classes if conditional and dc.label_dropout > 0 else None,
     )
     oc = cfg.optim
-    if oc.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown optim.lr_schedule {oc.lr_schedule!r}; allowed: constant, cosine")
     tcfg = TrainConfig(
         lr=oc.lr, weight_decay=oc.weight_decay, warmup_steps=oc.warmup_steps, grad_clip=oc.grad_clip,
         decay_steps=cfg.steps if oc.lr_schedule == "cosine" and cfg.steps > oc.warmup_steps else None,
         ema_half_life=oc.ema_half_life, bf16=oc.bf16, seed=cfg.seed, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, sample_every=cfg.sample_every, progress=progress,
+        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+        sample_every=cfg.sample_every, progress=progress,
     )
+    prepared = PreparedRun(cfg, run, info, denoiser, loader, loss, tcfg)
+    if has_ckpt:
+        ckpt, prepared.skipped = newest_checkpoint(run / "checkpoints")
+        if ckpt is not None:
+            check_checkpoint_meta(ckpt, cfg, info, run)
+            check_compatible(ckpt.path, denoiser.net, ckpt.tensors, "model")  # type: ignore[arg-type]
+            if ckpt.step > cfg.steps:
+                raise ValueError(f"steps must be at least {ckpt.step} to continue {run} (it is at step {ckpt.step}), "
+                                 f"got {cfg.steps}")
+            prepared.resume_step = ckpt.step
+    return prepared
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True,
+              report: Report = to_stderr) -> Trainer:
+    """Train (or continue) a run in ``run_dir``; writes config, checkpoints, metrics, loss curve and samples.
+
+    Everything is checked first (:func:`prepare_run`); ``report`` gets one line per notable event
+    (orphan temporary files removed, bad checkpoints skipped, where training resumes).
+    """
+    p = prepare_run(cfg, run_dir, resume=resume, progress=progress)
+    run, info = p.run_dir, p.info
+    for f in remove_orphan_temp_files(run, run / "checkpoints", run / "samples"):
+        report(f"removed {f} (a temporary file left by an interrupted write)")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.toml", cfg.to_toml())
+    atomic_write_text(run / "run.json", info.to_json())
 
     def grid_fn(den: Denoiser, step: int, folder: Path | None) -> None:
         if folder is None or len(info.data_shape) != 3:
@@ -115,9 +259,15 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progr
         sol = sample_denoiser(den, info, cfg.sampling.solver, cfg.sampling.nfe, 64, seed=0)
         save_image_grid(sol.x, folder / "samples" / f"step-{step:08d}.png", nrow=8, scale=4)
 
-    trainer = Trainer(denoiser, loader, loss, tcfg, run_dir=run, sample_fn=grid_fn if cfg.sample_every else None)
-    if resume:
-        trainer.resume()
+    trainer = Trainer(p.denoiser, p.loader, p.loss, p.train_config, run_dir=run,
+                      sample_fn=grid_fn if cfg.sample_every else None, meta=run_meta(cfg, info))
+    resumed = trainer.resume()
+    for path, reason in trainer.skipped_checkpoints:
+        report(f"skipped checkpoint {path.name}: {reason}; renamed to {path.name}.corrupt")
+    if resumed:
+        report(f"resuming {run} at step {trainer.step} of {cfg.steps}")
+    elif trainer.skipped_checkpoints:
+        report(f"no good checkpoint left in {run}: training starts again at step 0")
     trainer.fit(cfg.steps)
     return trainer
 
@@ -130,28 +280,33 @@ class LoadedRun:
     meta: dict[str, Any]
 
 
-def load_run(run_dir: str | Path, which: str = "ema") -> LoadedRun:
-    """Rebuild the denoiser of a run folder from its config and latest checkpoint."""
+def load_run(run_dir: str | Path, which: str = "ema", report: Report = to_stderr) -> LoadedRun:
+    """Rebuild the denoiser of a run folder from its config and newest good checkpoint.
+
+    Newer checkpoints that fail to verify are skipped with a ``report`` line; a checkpoint trained
+    with another model, schedule, parameterization or data shape than the config names is refused.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run folder not found: {run}")
+    if not (run / "config.toml").is_file():
+        raise FileNotFoundError(f"{run} is not a diffusekit run folder (no config.toml)")
     cfg = RunConfig.from_toml(run / "config.toml")
+    check_names(cfg)
     info = RunInfo.read(run)
     denoiser = build_denoiser(cfg, info)
-    meta = load_weights(run, denoiser.net, which=which)  # type: ignore[arg-type]
+    ckpt, skipped = newest_checkpoint(run / "checkpoints", with_state=False)
+    if ckpt is None:
+        if skipped:
+            raise CorruptCheckpointError(f"no readable checkpoint in {run / 'checkpoints'}: "
+                                         + "; ".join(reason for _, reason in skipped))
+        raise FileNotFoundError(f"{run} has no checkpoint yet; train it first (diffusekit train ... --out {run})")
+    for path, reason in skipped:
+        report(f"skipped checkpoint {path.name}: {reason}")
+    check_checkpoint_meta(ckpt, cfg, info, run)
+    copy_weights(ckpt, denoiser.net, which)  # type: ignore[arg-type]
     denoiser.eval()
-    return LoadedRun(denoiser, cfg, info, meta)
-
-
-def steps_for_nfe(solver_name: str, nfe: int, **options: Any) -> int:
-    """Grid steps so that the solver spends about ``nfe`` model calls.
-
-    Adaptive solvers set their own NFE from their tolerances: they get their ``default_steps``.
-    """
-    solver = make_solver(solver_name, **options)
-    if solver.adaptive:
-        return solver.default_steps
-    return max(1, round(nfe / float(solver.nfe_per_step)))
+    return LoadedRun(denoiser, cfg, info, ckpt.meta)
 
 
 def sample_denoiser(
@@ -168,9 +323,9 @@ def sample_denoiser(
     progress: bool = False,
     **options: Any,
 ) -> Solution:
-    """Sample ``n`` items with a solver by name at about ``nfe`` model calls."""
+    """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls."""
     solver = make_solver(solver_name, **options)
-    steps = steps_for_nfe(solver_name, nfe, **options)
+    steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
     g = make_grid(grid or solver.default_grid, denoiser.schedule, steps)
     return sample(
         denoiser, solver, shape=info.data_shape, batch=n, grid=g, seed=seed, cond=cond,

@@ -16,11 +16,11 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .denoiser import Cond, DenoiserLike, device_of
 from .noise import NoiseSource
 from .parameterization import Prediction
+from .progress import progress_bar
 from .schedules.base import NoiseSchedule
 from .schedules.grids import Grid, make_grid
 from .utils import append_dims, check_positive_int
@@ -137,7 +137,7 @@ class Solver:
         """True when the NFE is set by an error controller, not by the grid."""
         return math.isnan(self.nfe_per_step)
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         """Fresh state for a run along ``grid`` (a falling run of the loop's grid)."""
         return None
 
@@ -145,8 +145,8 @@ class Solver:
         """The model calls a run along ``grid`` makes (None when an error controller decides)."""
         return None if self.adaptive else int(self.nfe_per_step * grid.n_steps)
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
-        """Advance x from step.t0 to step.t1; return (x_next, error estimate or None, state)."""
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
+        """Advance x from step.t0 to step.t1; return (x_next, state)."""
         raise NotImplementedError
 
 
@@ -293,7 +293,10 @@ def _run(
     cache_times = getattr(denoiser, "cache_times", None)
     if grid.per_sample:
         if not solver.per_sample_times:
-            raise ValueError(f"solver {solver.name!r} takes one time per step; a per-sample grid needs one of: {', '.join(per_sample_solvers())}")
+            raise ValueError(
+                f"solver {solver.name!r} takes one time per step; a per-sample grid needs a solver with "
+                "per_sample_times (`diffusekit solvers` lists them)"
+            )
         if grid.t.shape[1] != x.shape[0]:
             raise ValueError(f"the per-sample grid has {grid.t.shape[1]} columns for a batch of {x.shape[0]}")
         ts, alphas, sigmas = grid.t.unbind(0), grid.alpha.unbind(0), grid.sigma.unbind(0)
@@ -304,7 +307,7 @@ def _run(
     ctx = StepContext(model, schedule, noise)
     traj = [x] if save_trajectory else []
     runs = grid.falling_runs()
-    bar = tqdm(total=grid.n_steps, desc=solver.name, leave=False, disable=not progress)
+    bar = progress_bar(total=grid.n_steps, desc=solver.name, leave=False, enabled=progress)
     for start, stop in runs:
         if grid.jumps and ts[stop] > ts[start]:  # a rising interval: jump up, no solver
             st = Step(0, ts[start], ts[stop], alphas[start], sigmas[start], alphas[stop], sigmas[stop], None)
@@ -312,12 +315,12 @@ def _run(
             x = _after_step(x, st, ctx, constraints, start, callback, newest, save_trajectory, traj, bar)
             continue
         sub = grid if (start, stop) == (0, grid.n_steps) else grid.slice(start, stop)
-        state = solver.init_state(sub)
+        state = solver.init_state(sub, schedule)
         n = stop - start
         for j in range(n):
             i = start + j
             st = Step(j, ts[i], ts[i + 1], alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], n - j)
-            x, _, state = solver.step(ctx, x, st, state)
+            x, state = solver.step(ctx, x, st, state)
             x = _after_step(x, st, ctx, constraints, i, callback, newest, save_trajectory, traj, bar)
     bar.close()
     return Solution(
@@ -344,13 +347,6 @@ def steps_for_nfe(solver: Solver, schedule: NoiseSchedule, nfe: int, grid: str |
     return n
 
 
-def per_sample_solvers() -> list[str]:
-    """Names of the registered solvers that accept per-sample grids."""
-    from .solvers import SOLVERS
-
-    return [n for n in SOLVERS.names() if SOLVERS.get(n).per_sample_times]
-
-
 def _after_step(
     x: Tensor,
     st: Step,
@@ -361,7 +357,7 @@ def _after_step(
     newest: list[Prediction],
     save_trajectory: bool,
     traj: list[Tensor],
-    bar: tqdm,
+    bar: Any,
 ) -> Tensor:
     """The loop's work after one grid interval: constraints, callback, trajectory, progress."""
     for c in constraints:

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from diffusekit.data.images import (
+    ARRAY_EXTENSIONS,
     FASHION_MNIST_ROOT,
     load_array,
     load_digits,
@@ -57,7 +58,7 @@ def load_dataset(name: str | os.PathLike[str], **kw: Any) -> tuple[Tensor, Tenso
     ``mnist`` (idx files: ``root``, ``split``); toys ``mixture``, ``moons``,
     ``swiss_roll``, ``checkerboard``, ``rings`` (``n`` default 10000, ``seed``
     default 0; no labels). Paths: a folder -> :func:`load_image_folder`
-    (``size`` required, ``channels``); ``.npy`` / ``.npz`` -> :func:`load_array` (``key``).
+    (``size`` required, ``channels``); ``.npy`` / ``.npz`` / ``.csv`` -> :func:`load_array` (``key``).
     """
     s = os.fspath(name)
     if s == "digits":
@@ -78,19 +79,20 @@ def load_dataset(name: str | os.PathLike[str], **kw: Any) -> tuple[Tensor, Tenso
         _no_kwargs(s, kw, ("n", "seed"))
         return make_toy(s, int(kw.get("n", 10000)), int(kw.get("seed", 0))), None
     p = Path(s)
-    if p.suffix.lower() in (".npy", ".npz"):
+    if p.suffix.lower() in ARRAY_EXTENSIONS:
         _no_kwargs(s, kw, ("key",))
         return load_array(p, **kw)
     if p.is_dir():
         _no_kwargs(s, kw, ("size", "channels"))
         if "size" not in kw:
-            raise ValueError(f"image folder {p} needs size=<int> (images are resized and centre-cropped)")
+            raise ValueError(f"image folder {p} needs an image size (config: data.image_size=<int>; "
+                             "images are resized and centre-cropped)")
         images, labels, _ = load_image_folder(p, **kw)
         return images, labels
     if p.is_file():
-        raise ValueError(f"unsupported dataset file {p}: allowed .npy, .npz, or a folder of images")
+        raise ValueError(f"unsupported dataset file {p}: allowed {', '.join(ARRAY_EXTENSIONS)}, or a folder of images")
     if os.sep in s or (os.altsep and os.altsep in s) or p.suffix:
         raise FileNotFoundError(f"dataset path not found: {p}")
     raise ValueError(
-        f"unknown dataset {s!r}; allowed: {', '.join(DATASET_NAMES)}, an image folder, or a .npy/.npz file"
+        f"unknown dataset {s!r}; allowed: {', '.join(DATASET_NAMES)}, an image folder, or a .npy/.npz/.csv file"
     )

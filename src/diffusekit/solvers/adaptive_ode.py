@@ -48,13 +48,13 @@ class Dopri5(Solver):
         if not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"rtol and atol must be > 0, got rtol={self.rtol!r}, atol={self.atol!r}")
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         if step.sigma1 != 0.0:
-            return self._integrate(ctx, x, step.t0, step.alpha0, step.sigma0, step.t1), None, state
+            return self._integrate(ctx, x, step.t0, step.alpha0, step.sigma0, step.t1), state
         t_min = ctx.schedule.t_min
         if step.t0 > t_min:
             x = self._integrate(ctx, x, step.t0, step.alpha0, step.sigma0, t_min)
-        return ctx.model(x, min(step.t0, t_min)).x0, None, state
+        return ctx.model(x, min(step.t0, t_min)).x0, state
 
     def _integrate(self, ctx: StepContext, x: Tensor, t0: float, alpha0: float, sigma0: float, t1: float) -> Tensor:
         from torchdiffeq import odeint

@@ -49,16 +49,16 @@ class DDPM(Solver):
         if self.variance not in ("small", "large"):
             raise ValueError(f"variance must be 'small' or 'large', got {self.variance!r}")
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.to_zero:
-            return pred.x0, None, state
+            return pred.x0, state
         step = step.like(x)
         var01 = _transition_var(step)
         ratio = step.sigma1**2 / step.sigma0**2
         mean = (step.alpha0 / step.alpha1 * ratio) * x + (step.alpha1 * var01 / step.sigma0**2) * pred.x0
         var = var01 * ratio if self.variance == "small" else var01
-        return mean + var**0.5 * ctx.noise(), None, state
+        return mean + var**0.5 * ctx.noise(), state
 
 
 @register
@@ -87,16 +87,16 @@ class DDIM(Solver):
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.eta > 0
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.to_zero:
-            return pred.x0, None, state
+            return pred.x0, state
         step = step.like(x)
         if self.eta == 0:
-            return step.alpha1 * pred.x0 + step.sigma1 * pred.eps, None, state
+            return step.alpha1 * pred.x0 + step.sigma1 * pred.eps, state
         s2 = self.eta**2 * _transition_var(step) * step.sigma1**2 / step.sigma0**2
         s2 = torch.minimum(s2, step.sigma1**2) if isinstance(s2, Tensor) else min(s2, step.sigma1**2)
         out = step.alpha1 * pred.x0 + (step.sigma1**2 - s2) ** 0.5 * pred.eps
         if not isinstance(s2, Tensor) and s2 <= 0:  # no noise drawn where none is added
-            return out, None, state
-        return out + s2**0.5 * ctx.noise(), None, state
+            return out, state
+        return out + s2**0.5 * ctx.noise(), state

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..sample import Solver, Step, StepContext
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from .base import register
 from .exponential import check_order, ddim_limit, lincomb, lowered_order
@@ -70,7 +71,7 @@ class DEIS(Solver):
                 f"variable must be 't' (tAB-DEIS) or 'rho' (rhoAB-DEIS), got {self.variable!r}"
             )
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         rho = (grid.sigma / grid.alpha).tolist()
         return DEISState((), grid.n_steps, tuple(rho), None)
 
@@ -104,10 +105,10 @@ class DEIS(Solver):
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.alpha0 == 0.0:
-            return ddim_limit(step, pred), None, state
+            return ddim_limit(step, pred), state
         if self.variable == "t" and state.t_nodes is None:
             state = state._replace(t_nodes=self._t_nodes(ctx, state.rho))
         hist = ((state.rho[step.i], step.t0, pred.eps),) + state.hist[: self.order - 1]
@@ -116,11 +117,11 @@ class DEIS(Solver):
             self.order, len(hist) - 1, step, state.n_steps, self.lower_order_final
         )
         if k == 1:
-            return ddim_limit(step, pred), None, state
+            return ddim_limit(step, pred), state
         coeffs = self._weights(step, state, k)
         # x1 = alpha1 (x0 / alpha0 + sum_j C_j eps_j)
         a1 = step.alpha1
         x_next = lincomb(
             x, a1 / step.alpha0, [a1 * c for c in coeffs], [e for _, _, e in hist[:k]]
         )
-        return x_next, None, state
+        return x_next, state

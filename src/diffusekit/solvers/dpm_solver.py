@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..utils import append_dims
 from .base import register
@@ -142,7 +143,7 @@ class DPMSolver(Solver):
                 f"method must be 'singlestep' or 'multistep', got {self.method!r}"
             )
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         n = grid.n_steps
         if self.method == "multistep":
             return MultistepState((), n)
@@ -178,7 +179,7 @@ class DPMSolver(Solver):
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if self.method == "multistep":
             return self._multistep(x, step, pred, state)
@@ -186,10 +187,10 @@ class DPMSolver(Solver):
 
     def _multistep(
         self, x: Tensor, step: Step, pred: Prediction, state: MultistepState
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         lam0 = step.lam0
         if step.alpha0 == 0.0:
-            return ddim_limit(step, pred), None, state
+            return ddim_limit(step, pred), state
         hist = (Node.of(pred, lam0),) + state.hist[
             : max(self.order, self.final_order) - 1
         ]
@@ -197,7 +198,7 @@ class DPMSolver(Solver):
             k = final_step_order(
                 self.final_order, state.n_steps, self.lower_order_final
             )
-            return clean_end(x, step, hist, k), None, state
+            return clean_end(x, step, hist, k), state
         h = step.lam1 - lam0
         k = lowered_order(
             self.order, len(hist) - 1, step, state.n_steps, self.lower_order_final
@@ -209,20 +210,20 @@ class DPMSolver(Solver):
         x_next = exp_update(
             x, step.alpha0, step.sigma0, step.alpha1, step.sigma1, h, nodes, outs, data
         )
-        return x_next, None, MultistepState(hist, state.n_steps)
+        return x_next, MultistepState(hist, state.n_steps)
 
     def _singlestep(
         self, x: Tensor, step: Step, pred: Prediction, state: SinglestepState
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         start, q = state.plan[step.i]
         if step.alpha0 == 0.0:
-            return ddim_limit(step, pred), None, state
+            return ddim_limit(step, pred), state
         if step.to_zero:
             hist = (Node.of(pred, step.lam0),) + state.tail
             k = final_step_order(
                 self.final_order, len(state.plan), self.lower_order_final
             )
-            return clean_end(x, step, hist, k), None, state
+            return clean_end(x, step, hist, k), state
         if step.i == start or x is not state.x_last:  # a new group, or x changed by a constraint:
             x_start, start, group = x, step.i, ()  # integrate on from the loop's x
         else:
@@ -248,12 +249,11 @@ class DPMSolver(Solver):
         if step.i + 1 == state.plan[step.i][0] + q:
             return (
                 x_next,
-                None,
                 state._replace(
                     x_start=None, group=(), tail=group[::-1][: self.final_order - 1], x_last=None
                 ),
             )
-        return x_next, None, state._replace(x_start=x_start, start=start, group=group, x_last=x_next)
+        return x_next, state._replace(x_start=x_start, start=start, group=group, x_last=x_next)
 
 
 # ---------------------------------------------------------------------------
@@ -292,21 +292,21 @@ class DPMSolverSDE(Solver):
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.eta > 0
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         return MultistepState((), grid.n_steps)
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.to_zero:
-            return pred.x0, None, state
+            return pred.x0, state
         if (
             step.alpha0 == 0.0
         ):  # h = inf: e^{-eta h} = 0, the noise has full variance sigma1^2
             if self.eta == 0:
-                return ddim_limit(step, pred), None, state
-            return pred.x0 * step.alpha1 + ctx.noise() * step.sigma1, None, state
+                return ddim_limit(step, pred), state
+            return pred.x0 * step.alpha1 + ctx.noise() * step.sigma1, state
         lam0 = step.lam0
         h = step.lam1 - lam0
         hist = (Node.of(pred, lam0),) + state.hist[: self.order - 1]
@@ -334,7 +334,7 @@ class DPMSolverSDE(Solver):
                 ctx.noise(),
                 alpha=step.sigma1 * math.sqrt(-math.expm1(-2.0 * self.eta * h)),
             )
-        return x_next, None, MultistepState(hist, state.n_steps)
+        return x_next, MultistepState(hist, state.n_steps)
 
 
 @register
@@ -432,9 +432,9 @@ class DPMSolverAdaptive(Solver):
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         if step.to_zero:
-            return ctx.model(x, step.t0).x0, None, state
+            return ctx.model(x, step.t0).x0, state
         t0 = step.t0
         if step.alpha0 == 0.0:  # a DDIM step off the alpha = 0 point, then adapt
             t_a = t0 + 1e-3 * (step.t1 - t0)
@@ -447,7 +447,7 @@ class DPMSolverAdaptive(Solver):
             first = Step(step.i, t0, t_a, step.alpha0, step.sigma0, a_a, s_a, None)
             x = ddim_limit(first, ctx.model(x, t0))
             t0 = t_a
-        return self._adapt(ctx, x, t0, step), None, state
+        return self._adapt(ctx, x, t0, step), state
 
     def _point(
         self, ctx: StepContext, lam: Tensor, t0: float, t1: float, lam1: float

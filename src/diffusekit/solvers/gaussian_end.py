@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..utils import append_dims
 from .exponential import Node
@@ -81,10 +82,10 @@ class GaussianEnd(Solver):
     def __repr__(self) -> str:
         return f"GaussianEnd({self.inner!r})"
 
-    def init_state(self, grid: Grid) -> Any:
-        return GaussianEndState(self.inner.init_state(grid), None)
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
+        return GaussianEndState(self.inner.init_state(grid, schedule), None)
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         if step.to_zero:
             pred = ctx.model(x, step.t0)
             hist = (Node.of(pred, step.lam0),)
@@ -92,7 +93,7 @@ class GaussianEnd(Solver):
                 t_prev, prev = state.last
                 lam_prev = ctx.schedule.log_snr(torch.as_tensor(t_prev, dtype=torch.float64)).flatten()[0]
                 hist += (Node.of(prev, float(lam_prev)),)
-            return gaussian_end(step, hist), None, state
+            return gaussian_end(step, hist), state
         seen: list[tuple[float, Prediction]] = []
 
         def model(xt: Tensor, t: float | Tensor) -> Prediction:
@@ -100,6 +101,6 @@ class GaussianEnd(Solver):
             seen.append((t, pred))
             return pred
 
-        x, err, inner = self.inner.step(StepContext(model, ctx.schedule, ctx.noise), x, step, state.inner)
-        return x, err, GaussianEndState(inner, seen[-1] if seen else state.last)
+        x, inner = self.inner.step(StepContext(model, ctx.schedule, ctx.noise), x, step, state.inner)
+        return x, GaussianEndState(inner, seen[-1] if seen else state.last)
 

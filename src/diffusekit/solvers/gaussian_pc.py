@@ -39,6 +39,7 @@ import numpy as np
 from torch import Tensor
 
 from ..sample import Solver, Step, StepContext
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..tuned import GAUSSIAN_PC_ORDER, GAUSSIAN_PC_SIGMA_DATA
 from ..utils import check_positive_float
@@ -122,14 +123,14 @@ class GaussianPC(Solver):
         check_order(self.order, range(2 if self.corrector else 1, 9))
         check_positive_float("sigma_data", self.sigma_data)
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         return GaussianPCState(_plan(self, tuple(grid.lam.tolist()), tuple(grid.sigma.tolist())), (), None, None)
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         plan = state.plan[step.i]
         if step.alpha0 == 0.0:
-            return ddim_limit(step, pred), None, state
+            return ddim_limit(step, pred), state
         hist = (Node.of(pred, step.lam0),) + state.hist[: self.order - 1]
         if plan.corrector is not None:
             scale, coeffs = plan.corrector
@@ -137,10 +138,10 @@ class GaussianPC(Solver):
             # a projection made after the predictor (constraints) is kept: correct by the difference
             x = corrected if x is state.x_pred else x + (corrected - state.x_pred)
         if plan.predictor is None:
-            return gaussian_end(step, hist), None, state
+            return gaussian_end(step, hist), state
         scale, coeffs = plan.predictor
         x_next = lincomb(x, scale, coeffs, [nd.x0 for nd in hist])
-        return x_next, None, state._replace(hist=hist, x_prev=x, x_pred=x_next)
+        return x_next, state._replace(hist=hist, x_prev=x, x_pred=x_next)
 
 
 @functools.lru_cache(maxsize=128)

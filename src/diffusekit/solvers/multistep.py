@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from .base import register
 from .lagrange import lagrange_weights, unit_moments
@@ -95,16 +96,16 @@ class IPNDM(Solver):
     def order(self) -> int:  # type: ignore[override]
         return min(self.max_order, 2)
 
-    def init_state(self, grid: Grid) -> History:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> History:
         return ()
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: History) -> tuple[Tensor, None, History]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: History) -> tuple[Tensor, History]:
         pred = ctx.model(x, step.t0)
         if _euler_only(step):
-            return euler_update(step, pred), None, ()
+            return euler_update(step, pred), ()
         k = min(self.max_order, len(state) + 1)
         out = multistep_update(step, pred, AB_COEFFS[k], state)
-        return out, None, ((step.sigma0 / step.alpha0, pred.eps), *state)[: self.max_order - 1]
+        return out, ((step.sigma0 / step.alpha0, pred.eps), *state)[: self.max_order - 1]
 
 
 @register
@@ -134,7 +135,7 @@ class PLMS(Solver):
         if isinstance(self.prk_min_steps, bool) or not isinstance(self.prk_min_steps, int) or self.prk_min_steps < 0:
             raise ValueError(f"prk_min_steps must be an integer >= 0, got {self.prk_min_steps!r}")
 
-    def init_state(self, grid: Grid) -> History:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> History:
         return ()
 
     def _use_prk(self, step: Step, history: History) -> bool:
@@ -146,16 +147,16 @@ class PLMS(Solver):
             return False
         return step.i + step.remaining >= self.prk_min_steps
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: History) -> tuple[Tensor, None, History]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: History) -> tuple[Tensor, History]:
         pred = ctx.model(x, step.t0)
         if _euler_only(step):
-            return euler_update(step, pred), None, ()
+            return euler_update(step, pred), ()
         entry = ((step.sigma0 / step.alpha0, pred.eps),)
         if self._use_prk(step, state):
             out = self._prk(ctx, x, step, pred)
         else:
             out = multistep_update(step, pred, AB_COEFFS[min(4, len(state) + 1)], state)
-        return out, None, (*entry, *state)[:3]
+        return out, (*entry, *state)[:3]
 
     @staticmethod
     def _prk(ctx: StepContext, x: Tensor, step: Step, pred: Prediction) -> Tensor:
@@ -199,13 +200,13 @@ class LMS(Solver):
     def order(self) -> int:  # type: ignore[override]
         return self.max_order
 
-    def init_state(self, grid: Grid) -> History:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> History:
         return ()
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: History) -> tuple[Tensor, None, History]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: History) -> tuple[Tensor, History]:
         pred = ctx.model(x, step.t0)
         if _euler_only(step):
-            return euler_update(step, pred), None, ()
+            return euler_update(step, pred), ()
         s0 = step.sigma0 / step.alpha0
         k = min(self.max_order, len(state) + 1)
         if k == 1:
@@ -214,4 +215,4 @@ class LMS(Solver):
             h = step.sigma1 / step.alpha1 - s0
             nodes = [0.0, *((s - s0) / h for s, _ in state[: k - 1])]
             out = multistep_update(step, pred, lagrange_weights(nodes, unit_moments(k)), state)
-        return out, None, ((s0, pred.eps), *state)[: self.max_order - 1]
+        return out, ((s0, pred.eps), *state)[: self.max_order - 1]

@@ -108,9 +108,9 @@ class Euler(_ChurnMixin, Solver):
     def per_sample_times(self) -> bool:  # type: ignore[override]
         return self.S_churn == 0  # churn raises one shared noise level
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         x, step = self._churn(ctx, x, step)
-        return euler_update(step, ctx.model(x, step.t0)), None, state
+        return euler_update(step, ctx.model(x, step.t0)), state
 
 
 @register
@@ -151,17 +151,17 @@ class Heun(_ChurnMixin, Solver):
         a, s = grid.alpha.tolist(), grid.sigma.tolist()
         return sum(1 if self._euler_only(a[i], s[i], a[i + 1], s[i + 1]) else 2 for i in range(grid.n_steps))
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         euler_only = self._euler_only(step.alpha0, step.sigma0, step.alpha1, step.sigma1)
         x, step = self._churn(ctx, x, step)
         pred = ctx.model(x, step.t0)
         x1 = euler_update(step, pred)
         if euler_only:
-            return x1, None, state
+            return x1, state
         pred1 = ctx.model(x1, step.t1)
         half = 0.5 * (step.sigma1 - step.alpha1 * step.sigma0 / step.alpha0)  # alpha1 (s1 - s0) / 2
         correction = half * (pred1.eps - pred.eps)
-        return x1 + correction, correction, state
+        return x1 + correction, state
 
 
 @register
@@ -193,14 +193,14 @@ class EulerAncestral(Solver):
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.eta > 0 and self.s_noise > 0
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.sigma1 == 0.0:
-            return pred.x0, None, state
+            return pred.x0, state
         ratio = step.alpha0 * step.sigma1 / (step.alpha1 * step.sigma0)  # s1 / s0, 0 where alpha0 = 0
         up = min(step.sigma1, self.eta * step.sigma1 * math.sqrt(max(1.0 - ratio * ratio, 0.0)))  # alpha1 s_up
         down = math.sqrt(max(step.sigma1**2 - up * up, 0.0))  # alpha1 s_down
         out = step.alpha1 * pred.x0 + down * pred.eps
         if up > 0 and self.s_noise > 0:
             out = out + (self.s_noise * up) * ctx.noise()
-        return out, None, state
+        return out, state

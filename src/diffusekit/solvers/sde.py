@@ -65,23 +65,23 @@ class EulerMaruyama(Solver):
     nfe_per_step = 1
     default_grid = "uniform_lambda"  # geometric in s: Song et al.'s VE grid, close to uniform t on VP
 
-    def init_state(self, grid: Grid) -> Grid | SdeCoeffs:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Grid | SdeCoeffs:
         return grid
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Grid | SdeCoeffs) -> tuple[Tensor, None, SdeCoeffs]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Grid | SdeCoeffs) -> tuple[Tensor, SdeCoeffs]:
         if isinstance(state, Grid):
             state = _grid_sde_coeffs(ctx.schedule, state)
         elif not isinstance(state, tuple):
             raise ValueError("euler_maruyama needs the state from its init_state(grid)")
         pred = ctx.model(x, step.t0)
         if step.sigma1 == 0.0:
-            return pred.x0, None, state
+            return pred.x0, state
         if step.alpha0 == 0.0:
-            return _from_pure_noise(ctx, step, pred), None, state
+            return _from_pure_noise(ctx, step, pred), state
         f, g2 = state[0][step.i], state[1][step.i]
         dt = step.t1 - step.t0
         out = (1.0 + f * dt) * x + (g2 * dt / step.sigma0) * pred.eps
-        return out + math.sqrt(g2 * abs(dt)) * ctx.noise(), None, state
+        return out + math.sqrt(g2 * abs(dt)) * ctx.noise(), state
 
 
 @register
@@ -101,18 +101,18 @@ class ReverseDiffusion(Solver):
     nfe_per_step = 1
     default_grid = "uniform_lambda"  # geometric in s: Song et al.'s VE grid, close to uniform t on VP
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.sigma1 == 0.0:
-            return pred.x0, None, state
+            return pred.x0, state
         if step.alpha0 == 0.0:
-            return _from_pure_noise(ctx, step, pred), None, state
+            return _from_pure_noise(ctx, step, pred), state
         r = step.alpha0 / step.alpha1
         var = max(step.sigma0**2 - (r * step.sigma1) ** 2, 0.0)
         out = (2.0 - r) * x - (var / step.sigma0) * pred.eps
         if var > 0:
             out = out + math.sqrt(var) * ctx.noise()
-        return out, None, state
+        return out, state
 
 
 @dataclass(frozen=True)
@@ -193,10 +193,10 @@ class PC(Solver):
     def default_grid(self) -> str:  # type: ignore[override]
         return self.predictor.default_grid  # type: ignore[union-attr]
 
-    def init_state(self, grid: Grid) -> Any:
-        return self.predictor.init_state(grid)  # type: ignore[union-attr]
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
+        return self.predictor.init_state(grid, schedule)  # type: ignore[union-attr]
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Tensor | None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         x = self.corrector(ctx, x, step.t0, step.sigma0)
         return self.predictor.step(ctx, x, step, state)  # type: ignore[union-attr]
 
@@ -236,10 +236,10 @@ class AnnealedLangevin(Solver):
         levels = sum(1 if a == 0.0 else self.steps_each for a in grid.alpha[:-1].tolist())
         return levels + int(self.denoise and grid.ends_at_zero and bool(grid.alpha[-2] != 0))
 
-    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, None, Any]:
+    def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         if step.alpha0 == 0.0:
             pred = ctx.model(x, step.t0)
-            return (pred.x0 if step.sigma1 == 0.0 else _from_pure_noise(ctx, step, pred)), None, state
+            return (pred.x0 if step.sigma1 == 0.0 else _from_pure_noise(ctx, step, pred)), state
         # In x: x <- x + alpha0 (a/2 (-eps / s0) + sqrt(a) z) with a = step_size s0^2, alpha0 s0 = sigma0.
         drift = 0.5 * self.step_size * step.sigma0
         spread = math.sqrt(self.step_size) * step.sigma0
@@ -247,7 +247,7 @@ class AnnealedLangevin(Solver):
             eps = ctx.model(x, step.t0).eps
             x = x - drift * eps + spread * ctx.noise()
         if step.sigma1 != 0.0:
-            return x * (step.alpha1 / step.alpha0), None, state
+            return x * (step.alpha1 / step.alpha0), state
         if self.denoise:
-            return ctx.model(x, step.t0).x0, None, state
-        return x / step.alpha0, None, state
+            return ctx.model(x, step.t0).x0, state
+        return x / step.alpha0, state

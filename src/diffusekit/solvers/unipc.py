@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from .base import register
 from .exponential import NOISE_FORM_MAX_H, Node, check_form, check_order, clean_end, ddim_limit, exp_moments
@@ -102,7 +103,7 @@ class UniPC(Solver):
     def predictor_order(self) -> int:
         return self.order - 1 if self.corrector else self.order
 
-    def init_state(self, grid: Grid) -> Any:
+    def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         return UniPCState((), grid.n_steps, None)
 
     def _weights(self, nodes: list[float], h: float, data: bool) -> list[float]:
@@ -127,10 +128,10 @@ class UniPC(Solver):
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any
-    ) -> tuple[Tensor, None, Any]:
+    ) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.alpha0 == 0.0:
-            return ddim_limit(step, pred), None, UniPCState((), state.n_steps, None)
+            return ddim_limit(step, pred), UniPCState((), state.n_steps, None)
         if self.corrector and state.prev is not None:
             x = self._correct(x, step, pred, state)
         lam0 = step.lam0
@@ -139,7 +140,7 @@ class UniPC(Solver):
             k = final_step_order(
                 self.final_order, state.n_steps, self.lower_order_final
             )
-            return clean_end(x, step, hist, k), None, state
+            return clean_end(x, step, hist, k), state
         h = step.lam1 - lam0
         k = lowered_order(
             self.predictor_order,
@@ -163,7 +164,7 @@ class UniPC(Solver):
                 [pred.eps],
                 False,
             )
-            return x_next, None, UniPCState(hist, state.n_steps, None)
+            return x_next, UniPCState(hist, state.n_steps, None)
         nodes, outs = history_nodes(hist, lam0, h, k, data)
         g1 = fixed_g1(h, data, self.variant) if k == 2 else None
         x_next = exp_update(
@@ -178,4 +179,4 @@ class UniPC(Solver):
             data,
             g1=g1,
         )
-        return x_next, None, UniPCState(hist, state.n_steps, (lam0, k))
+        return x_next, UniPCState(hist, state.n_steps, (lam0, k))

@@ -1,41 +1,42 @@
-"""Training: the Trainer loop, EMA, atomic safetensors checkpoints and training plots."""
+"""Training: the Trainer loop, EMA, verified safetensors checkpoints, the metrics log, clean stops, plots."""
 
 from .checkpoint import (
+    Checkpoint,
     CheckpointMismatchError,
-    atomic_write,
-    atomic_write_text,
+    CorruptCheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_weights,
+    newest_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
 from .ema import EMA
-from .plots import (
-    image_grid,
-    plot_loss_curve,
-    read_metrics,
-    save_image_grid,
-    scatter_2d,
-)
+from .metrics_log import cut_metrics, read_metrics
+from .plots import plot_loss_curve, scatter_2d
+from .stop import NonFiniteLossError, TrainingStopped
 from .trainer import TrainConfig, Trainer, TrainStep
 
 __all__ = [
     "EMA",
+    "Checkpoint",
     "CheckpointMismatchError",
+    "CorruptCheckpointError",
+    "NonFiniteLossError",
     "TrainConfig",
     "TrainStep",
     "Trainer",
-    "atomic_write",
-    "atomic_write_text",
-    "image_grid",
+    "TrainingStopped",
+    "cut_metrics",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_weights",
+    "newest_checkpoint",
     "plot_loss_curve",
+    "read_checkpoint",
     "read_metrics",
     "save_checkpoint",
-    "save_image_grid",
     "scatter_2d",
 ]

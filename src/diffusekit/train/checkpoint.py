@@ -1,24 +1,30 @@
-"""Checkpoints: safetensors weights + a .pt training state, written atomically.
+"""Checkpoints: safetensors weights + a .pt training state, written atomically, verified on load.
 
 A checkpoint ``<dir>/step-00001000`` is two files:
 
 - ``step-00001000.safetensors``: the model's tensors under ``model.<name>`` and the
-  EMA copy's under ``ema.<name>``; metadata holds the step and a JSON ``meta`` dict;
+  EMA copy's under ``ema.<name>``; metadata holds the step, a JSON ``meta`` dict and
+  two SHA-256 checksums: of the tensors (names, dtypes, shapes, bytes) and of the state file;
 - ``step-00001000.state.pt``: optimiser state, step, data-loader state, RNG states
-  and anything else the trainer needs to resume exactly (loaded with ``weights_only``).
+  and anything else the trainer needs to resume exactly (loaded with ``weights_only``,
+  never unpickling arbitrary objects).
 
-Each file is written to a temporary name in the same folder and moved into place
-with ``os.replace`` (atomic on POSIX and Windows); ``latest.json`` is updated last,
-so an interrupted save never leaves a half-written checkpoint behind as the latest.
+The state file is written first, the weights file (holding its checksum) second, each
+to a temporary name moved into place with ``os.replace``; so a checkpoint is complete
+exactly when both files exist and both checksums match. The newest checkpoint that
+passes is the one to resume or sample from (:func:`newest_checkpoint`); the others are
+reported with the reason they were skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-FORMAT = "diffusekit-checkpoint-1"
-LATEST = "latest.json"
+from ..files import atomic_write
+
+FORMAT = "diffusekit-checkpoint-2"
+#: Earlier formats still loaded (format 1 had no checksums).
+READABLE_FORMATS = ("diffusekit-checkpoint-1", FORMAT)
 _STEM = re.compile(r"^step-(\d+)$")
 
 
@@ -36,35 +45,8 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not fit the model it is loaded into (one-line message)."""
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it.
-
-    The temporary file is removed if ``write`` fails, so no partial file is ever visible at ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    return atomic_write(path, write)
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read or fails its checksum (one-line message)."""
 
 
 def _tensors(prefix: str, module: nn.Module, seen: set[int]) -> dict[str, Tensor]:
@@ -95,6 +77,16 @@ def checkpoint_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     return base.with_name(name + ".safetensors"), base.with_name(name + ".state.pt")
 
 
+def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(
     directory: str | os.PathLike[str],
     step: int,
@@ -104,34 +96,36 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
     keep: int | None = None,
 ) -> Path:
-    """Write ``<directory>/step-<step>.{safetensors,state.pt}`` atomically and point ``latest.json`` at it.
+    """Write ``<directory>/step-<step>.{safetensors,state.pt}`` atomically, with checksums.
 
     ``state`` (optimiser state, RNG states, ...) must be loadable with ``torch.load(weights_only=True)``.
     ``keep`` deletes all but the newest ``keep`` checkpoints. Returns the weights path.
     """
     directory = Path(directory)
-    stem = f"step-{step:08d}"
-    weights_path, state_path = checkpoint_paths(directory / stem)
+    weights_path, state_path = checkpoint_paths(directory / f"step-{step:08d}")
     seen: set[int] = set()
     tensors = _tensors("model", model, seen)
     if ema is not None:
         tensors.update(_tensors("ema", ema, seen))
-    meta_json = json.dumps(dict(meta or {}), sort_keys=True, default=str)
-    header = {"format": FORMAT, "step": str(step), "meta": meta_json}
-    full_state = {"format": FORMAT, "step": step, **dict(state or {})}
-    atomic_write(state_path, lambda tmp: torch.save(full_state, tmp))
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "step": step, **dict(state or {})}, buffer)
+    state_bytes = buffer.getvalue()
+    header = {
+        "format": FORMAT, "step": str(step), "meta": json.dumps(dict(meta or {}), sort_keys=True, default=str),
+        "tensors_sha256": tensors_sha256(tensors), "state_sha256": hashlib.sha256(state_bytes).hexdigest(),
+    }
+    atomic_write(state_path, lambda tmp: Path(tmp).write_bytes(state_bytes))
     atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata=header))
-    atomic_write_text(directory / LATEST, json.dumps({"step": step, "checkpoint": weights_path.name}) + "\n")
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
             for f in checkpoint_paths(old):
-                if f != weights_path and f.exists():
-                    f.unlink()
+                if f != weights_path:
+                    f.unlink(missing_ok=True)
     return weights_path
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoints (both files present) in ``directory``, oldest first (weights paths)."""
+    """Checkpoints with both files present in ``directory``, oldest first (weights paths; not verified)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -144,16 +138,20 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint named by ``latest.json`` (or else the newest complete one), or None."""
-    directory = Path(directory)
-    pointer = directory / LATEST
-    if pointer.is_file():
-        name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        weights, state = checkpoint_paths(directory / name)
-        if weights.is_file() and state.is_file():
-            return weights
+    """The newest checkpoint with both files present, or None (not verified: see :func:`newest_checkpoint`)."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read and verified: its weights ``tensors``, ``meta``, and the training ``state`` if read."""
+
+    path: Path
+    step: int
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+    state: dict[str, Any] | None = None
 
 
 def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -165,6 +163,70 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     return tensors, meta
+
+
+def read_checkpoint(path: str | os.PathLike[str], with_state: bool = True) -> Checkpoint:
+    """Read a checkpoint and verify it; raises ``CorruptCheckpointError`` naming the file and the reason.
+
+    ``with_state=False`` reads and verifies only the weights (enough to sample).
+    """
+    weights_path, state_path = checkpoint_paths(path)
+    try:
+        tensors, header = read_tensors(weights_path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise CorruptCheckpointError(f"checkpoint {weights_path} is unreadable ({_one_line(e)})") from None
+    if header.get("format") not in READABLE_FORMATS:
+        raise CorruptCheckpointError(f"checkpoint {weights_path} is not a diffusekit checkpoint "
+                                     f"(format {header.get('format')!r}; allowed: {', '.join(READABLE_FORMATS)})")
+    if "tensors_sha256" in header and tensors_sha256(tensors) != header["tensors_sha256"]:
+        raise CorruptCheckpointError(f"checkpoint {weights_path} fails its checksum (its weights changed after saving)")
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+        step = int(header["step"])
+    except (ValueError, KeyError) as e:
+        raise CorruptCheckpointError(f"checkpoint {weights_path} has unreadable metadata ({_one_line(e)})") from None
+    state = None
+    if with_state:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"checkpoint state file not found: {state_path}")
+        raw = state_path.read_bytes()
+        if "state_sha256" in header and hashlib.sha256(raw).hexdigest() != header["state_sha256"]:
+            raise CorruptCheckpointError(f"checkpoint {state_path} fails its checksum (the file changed after saving)")
+        try:
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load raises pickle, zip and runtime errors for damaged files
+            raise CorruptCheckpointError(f"checkpoint {state_path} is unreadable ({_one_line(e)})") from None
+    return Checkpoint(weights_path, step, tensors, meta, state)
+
+
+def newest_checkpoint(
+    directory: str | os.PathLike[str], with_state: bool = True
+) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest checkpoint in ``directory`` that reads and verifies (or None), and the newer ones
+    that failed as (weights path, reason), newest first."""
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return read_checkpoint(path, with_state), skipped
+        except (CorruptCheckpointError, FileNotFoundError) as e:
+            skipped.append((path, str(e)))
+    return None, skipped
+
+
+def set_aside(path: str | os.PathLike[str]) -> list[Path]:
+    """Rename a bad checkpoint's files to ``<name>.corrupt`` (kept for inspection, no longer listed)."""
+    moved = []
+    for f in checkpoint_paths(path):
+        if f.exists():
+            moved.append(f.rename(f.with_name(f.name + ".corrupt")))
+    return moved
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _preview(names: list[str], limit: int = 3) -> str:
@@ -198,60 +260,57 @@ def load_weights(
 ) -> dict[str, Any]:
     """Load the ``which`` ('ema' or 'model') weights of a checkpoint into ``model``; returns its ``meta``.
 
-    Falls back to 'model' when the checkpoint has no EMA copy. ``path`` may be a run's
-    checkpoint folder (the latest checkpoint is used) or a checkpoint file.
+    Falls back to 'model' when the checkpoint has no EMA copy. ``path`` may be a run folder or
+    its checkpoint folder (the newest checkpoint that verifies is used) or a checkpoint file.
     """
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
-    path = _resolve(path)
-    tensors, header = read_tensors(path)
-    if which == "ema" and not any(k.startswith("ema.") for k in tensors):
+    ckpt = _find(path, with_state=False)
+    copy_weights(ckpt, model, which)
+    return ckpt.meta
+
+
+def copy_weights(ckpt: Checkpoint, model: nn.Module, which: str = "model") -> None:
+    """Check and copy the ``which`` weights of ``ckpt`` into ``model`` ('ema' falls back to 'model' if absent)."""
+    if which == "ema" and not any(k.startswith("ema.") for k in ckpt.tensors):
         which = "model"
-    check_compatible(path, model, tensors, which)
-    _copy_into(model, tensors, which)
-    return json.loads(header.get("meta", "{}"))
+    check_compatible(ckpt.path, model, ckpt.tensors, which)
+    with torch.no_grad():
+        for name, target in model.state_dict().items():
+            target.copy_(ckpt.tensors[f"{which}.{name}"])
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module, ema: nn.Module | None = None
+    path: str | os.PathLike[str] | Checkpoint, model: nn.Module, ema: nn.Module | None = None
 ) -> dict[str, Any]:
     """Load model (and EMA) weights after checking every name and shape; return the saved training state.
 
     Raises ``CheckpointMismatchError`` with a one-line message naming missing, unexpected and
     mis-shaped tensors. The returned dict holds ``step``, ``meta`` and the saved ``state`` entries.
     """
-    path = _resolve(path)
-    weights_path, state_path = checkpoint_paths(path)
-    tensors, header = read_tensors(weights_path)
-    if header.get("format") != FORMAT:
-        raise CheckpointMismatchError(f"checkpoint {weights_path} is not a diffusekit checkpoint (format {header.get('format')!r})")
-    check_compatible(weights_path, model, tensors, "model")
-    has_ema = any(k.startswith("ema.") for k in tensors)
+    ckpt = path if isinstance(path, Checkpoint) else _find(path, with_state=True)
+    if ckpt.state is None:
+        raise ValueError(f"checkpoint {ckpt.path} was read without its training state")
+    check_compatible(ckpt.path, model, ckpt.tensors, "model")
+    has_ema = any(k.startswith("ema.") for k in ckpt.tensors)
     if ema is not None and has_ema:
-        check_compatible(weights_path, ema, tensors, "ema")
-    if not state_path.is_file():
-        raise FileNotFoundError(f"checkpoint state file not found: {state_path}")
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    _copy_into(model, tensors, "model")
+        check_compatible(ckpt.path, ema, ckpt.tensors, "ema")
+    copy_weights(ckpt, model, "model")
     if ema is not None:
-        _copy_into(ema, tensors, "ema" if has_ema else "model")
-    state["meta"] = json.loads(header.get("meta", "{}"))
-    return state
+        copy_weights(ckpt, ema, "ema")
+    return {**ckpt.state, "meta": ckpt.meta}
 
 
-def _copy_into(model: nn.Module, tensors: Mapping[str, Tensor], prefix: str) -> None:
-    with torch.no_grad():
-        for name, target in model.state_dict().items():
-            target.copy_(tensors[f"{prefix}.{name}"])
-
-
-def _resolve(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint weights path from a file, a stem, a checkpoint folder or a run folder."""
+def _find(path: str | os.PathLike[str], with_state: bool) -> Checkpoint:
+    """The checkpoint at a file or stem, or the newest good one in a checkpoint folder or run folder."""
     p = Path(path)
-    if p.is_dir():
-        for d in (p, p / "checkpoints"):
-            found = latest_checkpoint(d)
-            if found is not None:
-                return found
-        raise FileNotFoundError(f"no checkpoint found in {p}")
-    return checkpoint_paths(p)[0]
+    if not p.is_dir():
+        return read_checkpoint(p, with_state)
+    for d in (p, p / "checkpoints"):
+        if list_checkpoints(d):
+            found, skipped = newest_checkpoint(d, with_state)
+            if found is None:
+                raise CorruptCheckpointError(f"no readable checkpoint in {d}: {skipped[0][1]}"
+                                             + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
+            return found
+    raise FileNotFoundError(f"no checkpoint found in {p}")

@@ -1,13 +1,11 @@
-"""Pictures written during training: the loss curve, image grids and 2-D scatter plots.
+"""Pictures written during training: the loss curve and 2-D scatter plots.
 
 Matplotlib is used through its object API with the Agg canvas (no pyplot, no global
-backend change), Pillow for image grids. Files are written atomically.
+backend change). Files are written atomically. (Image grids: :mod:`diffusekit.image_grid`.)
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,15 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write
-
-
-def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
-    """The records of a JSONL metrics log (an empty list if the file does not exist)."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+from ..files import atomic_write
+from .metrics_log import read_metrics
 
 
 def _save_figure(fig, path: str | os.PathLike[str], dpi: int = 120) -> Path:  # type: ignore[no-untyped-def]
@@ -64,33 +55,6 @@ def plot_loss_curve(
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     return _save_figure(fig, path)
-
-
-def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """Tile (N, C, H, W) images in [-1, 1] into one uint8 array (H', W', C) with C in {1, 3}."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    nrow = max(1, min(nrow, n))
-    ncol = math.ceil(n / nrow)
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    x = torch.cat([x, x.new_zeros(nrow * ncol - n, c, h, w)])  # blank cells
-    x = torch.nn.functional.pad(x, (padding, 0, padding, 0))  # gap above and left of each cell
-    hp, wp = h + padding, w + padding
-    grid = x.reshape(ncol, nrow, c, hp, wp).permute(2, 0, 3, 1, 4).reshape(c, ncol * hp, nrow * wp)
-    grid = torch.nn.functional.pad(grid, (0, padding, 0, padding))
-    return grid.permute(1, 2, 0).numpy()
-
-
-def save_image_grid(images: Tensor, path: str | os.PathLike[str], nrow: int = 8, padding: int = 2, scale: int = 1) -> Path:
-    """Save (N, C, H, W) images in [-1, 1] as a PNG grid with ``nrow`` images per row (``scale``: pixel repeat)."""
-    from PIL import Image
-
-    arr = image_grid(images, nrow, padding)
-    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # uint8: mode L or RGB
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def scatter_2d(

@@ -11,7 +11,13 @@ One optimiser step (Ho et al. 2020, Alg. 1, with the usual engineering):
 
 Everything a step depends on (weights, EMA, optimiser moments, step, loader position,
 generator state, log accumulators) is saved, so training 10 + 10 steps with a restart
-in between gives bit-identical weights to 20 steps in one go (on the CPU).
+in between gives bit-identical weights to 20 steps in one go (on the CPU), and the
+metrics log is cut back to the checkpoint's step on resume.
+
+``fit`` stops cleanly on SIGINT / SIGTERM (checkpoint, then ``TrainingStopped``), and on
+a NaN or infinite loss or gradient norm (``NonFiniteLossError`` naming the step; that
+state is never saved). Non-finite values are flagged on the device every step and read
+at the next log line or checkpoint, so the check adds no host sync.
 
 Outputs in ``run_dir``: ``metrics.jsonl`` (step, loss, lr, grad_norm, steps_per_sec,
 elapsed), ``loss.png``, ``checkpoints/step-XXXXXXXX.{safetensors,state.pt}``, and
@@ -32,18 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser
 from ..losses.dsm import DSMLoss
-from .checkpoint import (
-    atomic_write_text,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ..progress import progress_bar
+from .checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, set_aside
 from .ema import EMA
-from .plots import plot_loss_curve, read_metrics
+from .metrics_log import append_metrics, cut_metrics, read_metrics
+from .plots import plot_loss_curve
+from .stop import NonFiniteLossError, TrainingStopped, stop_requests
 
 SampleFn = Callable[[Denoiser, int, "Path | None"], object]
 
@@ -158,6 +161,8 @@ class Trainer:
         self._batches: Iterator | None = None
         self._acc = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, grad-norm sum
         self._acc_count = 0
+        self._first_bad = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)  # step, loss
+        self.skipped_checkpoints: list[tuple[Path, str]] = []
         self._last_log = (time.perf_counter(), 0)
         self._start = time.perf_counter()
         self._saved_step = -1
@@ -196,7 +201,7 @@ class Trainer:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         end = self.step + n
-        bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not self.config.progress, dynamic_ncols=True)
+        bar = progress_bar(total=end, initial=self.step, desc="train", unit="step", enabled=self.config.progress)
         self._last_log = (time.perf_counter(), self.step)
         try:
             while self.step < end:
@@ -208,9 +213,19 @@ class Trainer:
             bar.close()
 
     def fit(self, total_steps: int) -> dict[str, Any]:
-        """Train until ``self.step == total_steps``; then log, checkpoint, sample and plot. Returns the last log record."""
-        for _ in self.steps(max(0, total_steps - self.step)):
-            pass
+        """Train until ``self.step == total_steps``; then log, checkpoint, sample and plot. Returns the last log record.
+
+        SIGINT / SIGTERM end the current step, write a checkpoint and raise ``TrainingStopped``.
+        """
+        with stop_requests() as stop:
+            for _ in self.steps(max(0, total_steps - self.step)):
+                if stop.signum is not None:
+                    break
+        if stop.signum is not None:
+            if self.run_dir is not None and self._saved_step != self.step:
+                self.save()
+                self.plot()
+            raise TrainingStopped(stop.signum, self.step)
         if self._acc_count and self.last_record.get("step") != self.step:
             self._log(partial=self.step % self.config.log_every != 0)
         if self.run_dir is not None and self._saved_step != self.step:
@@ -225,6 +240,7 @@ class Trainer:
         """Write a checkpoint of the current state into ``run_dir/checkpoints`` (no-op without a run_dir)."""
         if self.checkpoint_dir is None:
             return None
+        self._check_finite()
         state = {
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -242,18 +258,25 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Restore everything from ``path`` (a checkpoint file or folder; default: ``run_dir``'s latest).
+        """Restore everything from ``path`` (a checkpoint file or folder; default: ``run_dir``'s newest good one).
 
-        Returns False if ``path`` is None and the run has no checkpoint yet. Raises
-        ``CheckpointMismatchError`` if the checkpoint belongs to another model.
+        Without ``path``, checkpoints that fail to read or verify are renamed ``*.corrupt`` and listed
+        in ``skipped_checkpoints`` (path, reason); with none left, returns False and the metrics log is
+        emptied (training starts at step 0). Raises ``CheckpointMismatchError`` if the checkpoint
+        belongs to another model.
         """
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("resume() needs a path or a run_dir")
-            path = latest_checkpoint(self.checkpoint_dir)
-            if path is None:
+            found, self.skipped_checkpoints = newest_checkpoint(self.checkpoint_dir)
+            for bad, _ in self.skipped_checkpoints:
+                set_aside(bad)
+            if found is None:
+                self._cut_log()
                 return False
-        state = load_checkpoint(path, self.net, self.ema.module if self.ema else None)
+            state = load_checkpoint(found, self.net, self.ema.module if self.ema else None)
+        else:
+            state = load_checkpoint(path, self.net, self.ema.module if self.ema else None)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         if state.get("loader") is not None:
@@ -265,7 +288,7 @@ class Trainer:
         self._acc = state["log_acc"].to(device=self.device, dtype=torch.float64)
         self._acc_count = int(state["log_count"])
         self._saved_step = self._sampled_step = self.step
-        self._truncate_log()
+        self._cut_log()
         return True
 
     def plot(self) -> Path | None:
@@ -325,12 +348,23 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.net, self.step)
         loss = out.loss.detach()
-        self._acc += torch.stack([loss.to(self._acc), grad_norm.detach().to(self._acc)])
+        pair = torch.stack([loss.to(self._acc), grad_norm.detach().to(self._acc)])
+        self._acc += pair
         self._acc_count += 1
+        first = (self._first_bad[0] < 0) & ~pair.isfinite().all()
+        self._first_bad = torch.where(first, torch.stack([self._acc.new_tensor(self.step), pair[0]]), self._first_bad)
         return TrainStep(self.step, loss, grad_norm.detach(), lr)
 
     # ---- bookkeeping ---------------------------------------------------------------
-    def _periodic(self, info: TrainStep, bar: tqdm) -> None:
+    def _check_finite(self) -> None:
+        """Raise ``NonFiniteLossError`` naming the first step whose loss or gradient norm was NaN or infinite."""
+        step, loss = self._first_bad.tolist()
+        if step >= 0:
+            kept = f"the last checkpoint, step {self._saved_step}, is kept" if self._saved_step > 0 else "no checkpoint was written"
+            raise NonFiniteLossError(f"training loss or gradient norm became non-finite at step {int(step)} "
+                                     f"(loss {loss}); stopped, {kept} (try a lower optim.lr or grad_clip)")
+
+    def _periodic(self, info: TrainStep, bar: Any) -> None:
         cfg, s = self.config, self.step
         if s % cfg.log_every == 0:
             record = self._log()
@@ -343,6 +377,7 @@ class Trainer:
 
     def _log(self, partial: bool = False) -> dict[str, Any]:
         """Average loss and grad norm since the last multiple of ``log_every``; append to metrics.jsonl."""
+        self._check_finite()
         loss_sum, gn_sum = self._acc.tolist()  # the one host sync per log window
         n = self._acc_count
         now = time.perf_counter()
@@ -361,21 +396,16 @@ class Trainer:
             self._acc.zero_()
             self._acc_count = 0
         self._last_log = (now, self.step)
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"training loss became {record['loss']} at step {self.step}")
         if self.metrics_path is not None:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_metrics(self.metrics_path, record)
         self.last_record = record
         return record
 
-    def _truncate_log(self) -> None:
-        """After a resume, drop log lines written after the checkpoint (an interrupted run's tail)."""
-        if self.metrics_path is None or not self.metrics_path.is_file():
-            return
-        kept = [r for r in read_metrics(self.metrics_path) if r["step"] <= self.step and not r.get("partial")]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    def _cut_log(self) -> None:
+        """On (re)start, drop log lines written after the checkpoint: an interrupted run's tail, a torn line."""
+        if self.metrics_path is not None:
+            cut_metrics(self.metrics_path, self.step)
 
     def _sample(self) -> None:
         assert self.sample_fn is not None
