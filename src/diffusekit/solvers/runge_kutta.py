@@ -30,6 +30,7 @@ from torch import Tensor
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
+from ..tuned import HEUN_MAX_RATIO
 from .base import register
 
 
@@ -128,7 +129,7 @@ class Heun(_ChurnMixin, Solver):
     Alg. 1 at any step count. The returned error estimate is the correction itself (Heun - Euler).
     """
 
-    max_ratio: float = 10.0
+    max_ratio: float = HEUN_MAX_RATIO
     name = "heun"
     order = 2
     nfe_per_step = 2
