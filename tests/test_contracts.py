@@ -293,3 +293,20 @@ def test_the_paper_grid_policy_picks_each_solvers_paper_grid() -> None:
     assert grid_rule(dk.make_solver("ddim"), None) == grid_rule(dk.make_solver("ddim"), "default") == dk.make_solver("ddim").default_grid
     with pytest.raises(ValueError, match="unknown step grid .papers.; allowed: default, paper, .*karras"):
         grid_rule(dk.make_solver("ddim"), "papers")
+
+
+def test_sample_without_a_solver_runs_the_default_ode_sampler() -> None:
+    from diffusekit.solvers import DEFAULT_NFE, DEFAULT_SOLVER
+
+    schedule = dk.EDMSchedule()
+    den = gaussian(schedule)
+    x_T = schedule.prior_sample(torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    a = dk.sample(den, x_T, progress=False)
+    b = dk.sample(den, dk.make_solver(DEFAULT_SOLVER), x_T, steps=steps_for_nfe(dk.make_solver(DEFAULT_SOLVER), schedule, DEFAULT_NFE), progress=False)
+    torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
+    assert a.nfe <= DEFAULT_NFE and not dk.make_solver(DEFAULT_SOLVER).stochastic
+    c = dk.sample(den, x_T, steps=7, progress=False)
+    assert c.grid.n_steps == 7
+    torch.testing.assert_close(a.x, ode_map(schedule, x_T, schedule.t_max), rtol=0, atol=5e-3)
+    with pytest.raises(ValueError, match="give x_T once"):
+        dk.sample(den, x_T, x_T)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffusekit as dk
-from diffusekit.sample import Step
+from diffusekit.stepping import Step
 from diffusekit.schedules.grids import gaussian_lam_end
 from diffusekit.solvers.exponential import Node
 from diffusekit.solvers.gaussian_end import gaussian_end

@@ -14,7 +14,7 @@ from .guidance import (
 from .interop import discrete_time_denoiser, noise_level_of_c_noise
 from .noise import NoiseSource
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
-from .sample import Constraint, Solution, Solver, Step, StepContext, StepInfo, sample
+from .sample import Solution, StepInfo, sample
 from .schedules import (
     DiscreteSchedule,
     EDMSchedule,
@@ -28,6 +28,7 @@ from .schedules import (
     make_schedule,
 )
 from .solvers import DDIM, DDPM, SOLVERS, make_solver
+from .stepping import Constraint, Solver, Step, StepContext
 
 __version__ = "0.1.0"
 

@@ -21,6 +21,8 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from .tuned import DEFAULT_NFE, DEFAULT_SOLVER
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -72,8 +74,8 @@ class OptimConfig:
 class SamplingConfig:
     """Defaults for sampling from a trained run (``diffusekit sample`` can override them)."""
 
-    solver: str = "gaussian_pc"  # most accurate at 8-20 NFE on the oracle, and on digits (benchmarks/RESULTS.md)
-    nfe: int = 10
+    solver: str = DEFAULT_SOLVER  # the library's default ODE sampler (diffusekit.tuned, benchmarks/RESULTS.md)
+    nfe: int = DEFAULT_NFE
     grid: str | None = None
 
 

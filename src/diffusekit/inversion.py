@@ -16,7 +16,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from .denoiser import Cond, Denoiser
-from .sample import Solution, Solver, sample
+from .sample import Solution, sample
+from .stepping import Solver
 from .schedules.grids import Grid, make_grid
 from .solvers import adaptive_ode, multistep, runge_kutta  # noqa: F401  (registers the solvers)
 from .solvers.base import make_solver

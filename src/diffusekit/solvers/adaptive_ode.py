@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sample import Solver, Step, StepContext
+from ..stepping import Solver, Step, StepContext
 from ..schedules.angle import angle_at, angle_of, angle_velocity, frame_at, time_of_angle
 from .base import register
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sample import Number, Solver, Step, StepContext
+from ..stepping import Number, Solver, Step, StepContext
 from .base import register
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Registry
-from ..sample import Solver
+from ..stepping import Solver
 from .gaussian_end import GaussianEnd
 
 SOLVERS: Registry[type[Solver]] = Registry("solver")

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..registry import Registry
-from ..sample import Step, StepContext
+from ..stepping import Step, StepContext
 from ..utils import append_dims
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..sample import Step
+from ..stepping import Step
 from ..tuned import FINAL_STEPS_MAX_ORDER, NOISE_FORM_MAX_H, SHORT_GRID_STEPS
 from .lagrange import lagrange_weights, unit_moments
 

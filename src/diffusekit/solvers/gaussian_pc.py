@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch import Tensor
 
-from ..sample import Solver, Step, StepContext
+from ..stepping import Solver, Step, StepContext
 from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..tuned import GAUSSIAN_PC_ORDER, GAUSSIAN_PC_SIGMA_DATA

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..sample import Solver, Step, StepContext
+from ..stepping import Solver, Step, StepContext
 from ..schedules.grids import Grid
 from ..tuned import HEUN_MAX_RATIO
 from .base import register

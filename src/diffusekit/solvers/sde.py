@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..sample import Solver, Step, StepContext
+from ..stepping import Solver, Step, StepContext
 from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..utils import append_dims
