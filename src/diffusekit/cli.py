@@ -192,12 +192,14 @@ def info(run_dir: str) -> None:
 @main.command()
 def solvers() -> None:
     """List the registered solvers with their order and model calls per step."""
-    from .solvers import SOLVERS
+    from .solvers import DEFAULT_SOLVER, SOLVERS
 
-    click.echo(f"{'name':<20} {'order':>5} {'NFE/step':>8}  {'stochastic':<10} default grid")
+    click.echo(f"{'name':<20} {'order':>5} {'NFE/step':>8}  {'stochastic':<10} {'per-sample t':<12} {'default grid':<16} paper grid")
     for name, cls in SOLVERS.items():
         s = cls()
-        click.echo(f"{name:<20} {s.order:>5} {float(s.nfe_per_step):>8g}  {str(bool(s.stochastic)):<10} {s.default_grid}")
+        mark = "  (the default)" if name == DEFAULT_SOLVER else ""
+        click.echo(f"{name:<20} {s.order:>5} {float(s.nfe_per_step):>8g}  {str(bool(s.stochastic)):<10} "
+                   f"{str(bool(s.per_sample_times)):<12} {s.default_grid:<16} {s.paper_grid}{mark}")
     click.echo("\nAny non-stochastic fixed-step solver also takes --option end=gaussian: a last step exact for "
                "locally Gaussian modes (default grid then gaussian_lambda).")
 
