@@ -61,8 +61,12 @@ def test_gaussian_end_is_bounded_and_reduces_to_the_jump() -> None:
     step = step_to_zero(schedule, 0.3)
     rho0 = step.sigma0 / step.alpha0
     g = torch.Generator().manual_seed(0)
-    newest = Node(math.log(1 / rho0), torch.randn(50, 3, 4, generator=g), torch.randn(50, 3, 4, generator=g))
-    older = Node(newest.lam - 1.0, torch.randn(50, 3, 4, generator=g), torch.randn(50, 3, 4, generator=g))
+    def node(lam: float) -> Node:  # any (x0, eps) pair: the bound holds whatever the model says
+        x0, eps = torch.randn(50, 3, 4, generator=g), torch.randn(50, 3, 4, generator=g)
+        return Node(lam, dk.Prediction(torch.zeros(50, 3, 4), torch.tensor(1.0), torch.tensor(rho0), x0, eps))
+
+    newest = node(math.log(1 / rho0))
+    older = node(newest.lam - 1.0)
     out = gaussian_end(step, (newest, older))
     w = ((out - newest.x0) / newest.eps).flatten(1)
     assert torch.allclose(w, w[:, :1].expand_as(w), atol=1e-5)  # one weight per sample

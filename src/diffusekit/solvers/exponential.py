@@ -99,15 +99,23 @@ def lincomb(
 
 
 class Node(NamedTuple):
-    """One model evaluation kept for later steps: its log-SNR and both predictions."""
+    """One model evaluation kept for later steps: its log-SNR and its prediction, whose x0 and
+    eps are built only if a step reads them (a data-form solver never builds eps)."""
 
     lam: float
-    x0: Tensor
-    eps: Tensor
+    pred: Prediction
+
+    @property
+    def x0(self) -> Tensor:
+        return self.pred.x0
+
+    @property
+    def eps(self) -> Tensor:
+        return self.pred.eps
 
     @staticmethod
     def of(pred: Prediction, lam: float) -> Node:
-        return Node(lam, pred.x0, pred.eps)
+        return Node(lam, pred)
 
 
 def check_form(form: str) -> None:
