@@ -76,8 +76,9 @@ def main() -> None:
                     row_labels=[str(y) for y in range(classes)])
     head = " | ".join(str(y) for y in range(classes))
     lines = [f"Class-conditional digits ({data['steps_trained']} steps, p_uncond {data['p_uncond']}), {solver} at "
-             f"NFE {nfe} (with w != 1 each model call is one pass on the doubled batch), {args.per_class} samples per class; per-class accuracy under the digits classifier, "
-             "mean probability of the asked class, classifier FD of all samples against the 1,797 real digits.", "",
+             f"NFE {nfe} (with w != 1 each model call is one pass on the doubled batch), {args.per_class} samples "
+             "per class; per-class accuracy under the digits classifier, mean probability of the asked class, "
+             "classifier FD of all samples against the 1,797 real digits.", "",
              f"| w | {head} | min | mean | confidence | classifier FD |",
              "|---" * (classes + 5) + "|"]
     for r in rows:

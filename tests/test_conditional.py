@@ -5,7 +5,6 @@ label at rate ``diffusion.p_uncond`` (Ho & Salimans 2022 joint training), and th
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from diffusekit.config import PRESETS, RunConfig
 from diffusekit.pipeline import prepare_run, train_run
 from diffusekit.train import Trainer, newest_checkpoint
 
-from .test_run_folder import TINY, refused, run
+from .test_run_folder import TINY, refused, run, toy, trained  # noqa: F401 (fixtures: an unconditional toy run)
 
 CLASSES = 3
 
@@ -36,25 +35,14 @@ def toy_config(data: Path, *sets: str) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def cond_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-step class-conditional toy run on three labelled clusters."""
+def cond(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-step class-conditional toy run on three labelled clusters (the tests only read it)."""
     folder = tmp_path_factory.mktemp("cond")
     out = folder / "run"
     cfg = toy_config(labelled_points(folder / "points.npz", 256), "steps=40", "checkpoint_every=20")
     train_run(cfg, out, progress=False)
     return out
 
-
-@pytest.fixture(scope="module")
-def uncond_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("uncond") / "run"
-    train_run(PRESETS["toy2d"].with_overrides(TINY), out, progress=False)
-    return out
-
-
-@pytest.fixture
-def cond(cond_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(cond_run, tmp_path / "cond"))
 
 
 @pytest.mark.parametrize("p_uncond", [0.0, 0.3])
@@ -140,7 +128,7 @@ def test_class_all_grid_has_a_labelled_row_per_class(tmp_path: Path) -> None:
     assert margin.max() > 0 and len({int(r) for r in np.nonzero(margin.max(1))[0] // (rows.shape[0] // 10)}) == 10
 
 
-def test_class_and_cfg_refuse_bad_input(cond: Path, uncond_run: Path) -> None:
+def test_class_and_cfg_refuse_bad_input(cond: Path, toy: Path) -> None:
     refused(["sample", str(cond), "--class", "3"], cond, "--class must be an integer from 0 to 2 or all",
             "3 classes", "got '3'")
     refused(["sample", str(cond), "--class", "-1"], cond, "got '-1'")
@@ -154,10 +142,10 @@ def test_class_and_cfg_refuse_bad_input(cond: Path, uncond_run: Path) -> None:
             "interval must be (lo, hi) with 0 <= lo < hi", "(3.0, 1.0)")
     refused(["sample", str(cond), "--class", "1", "--cfg", "2", "--cfg-interval", "x"], cond,
             "--cfg-interval expects lo,hi", "got 'x'")
-    refused(["sample", str(uncond_run), "--class", "1"], uncond_run, "--class needs a class-conditional run")
-    refused(["sample", str(uncond_run), "--class", "1", "--cfg", "2"], uncond_run,
+    refused(["sample", str(toy), "--class", "1"], toy, "--class needs a class-conditional run")
+    refused(["sample", str(toy), "--class", "1", "--cfg", "2"], toy,
             "--class needs a class-conditional run")
-    refused(["sample", str(uncond_run), "--cfg", "2"], uncond_run, "--cfg needs a class-conditional run")
+    refused(["sample", str(toy), "--cfg", "2"], toy, "--cfg needs a class-conditional run")
 
 
 def test_cfg_on_a_run_without_label_dropout_is_refused(tmp_path: Path) -> None:
