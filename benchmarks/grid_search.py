@@ -39,7 +39,8 @@ from problems import Quality, quality, sharp_mixture, start_points
 from scipy.optimize import minimize
 
 import diffusekit as dk
-from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP, gaussian_lam_end
+from diffusekit.schedules.grids import gaussian_lam_end
+from diffusekit.tuned import TUNED_TABLE, TUNED_WARP
 from diffusekit.oracle import GaussianMixture
 
 CACHE = Path(__file__).parent / ".cache"  # exact ODE references (gitignored)

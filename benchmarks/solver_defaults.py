@@ -29,7 +29,7 @@ from diffusekit.sample import steps_for_nfe
 from diffusekit.solvers import SOLVERS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from problems import FAMILIES, component_of, family_start, whitened_offsets  # noqa: E402
+from problems import FAMILIES, family_start, spreads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SCHEDULES = {
@@ -43,17 +43,6 @@ SCHEDULES = {
 FAMILY_NAMES = ("iso64", "aniso64", "rot64")
 BUDGETS = (10, 15, 20)
 TOL = 0.05
-
-
-def spreads(oracle, x: torch.Tensor) -> tuple[float, float, float]:
-    """(all, narrowest third, widest third) of the whitened within-mode RMS offsets."""
-    x = x.double().flatten(1)
-    comp = component_of(oracle, x)
-    z2 = whitened_offsets(oracle, x, comp).pow(2)
-    order = oracle.variances[comp].argsort(1)
-    third = max(1, oracle.dim // 3)
-    narrow, wide = z2.gather(1, order[:, :third]), z2.gather(1, order[:, -third:])
-    return float(z2.mean().sqrt()), float(narrow.mean().sqrt()), float(wide.mean().sqrt())
 
 
 def run(names: list[str], samples: int) -> list[dict]:

@@ -39,11 +39,12 @@ import torch
 from torch import Tensor
 
 import diffusekit as dk
-from diffusekit.solvers import SOLVERS, make_solver
+from diffusekit.solvers import DEFAULT_SOLVER, SOLVERS, make_solver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import anchor_helpers as anchors  # noqa: E402
+import problems  # noqa: E402
 from problems import quality, reference, sharp_mixture, start_points  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,18 +84,24 @@ class CachedNet(torch.nn.Module):
 # ---------------------------------------------------------------------------
 
 
-def diffusekit_methods(oracle, quick: bool, sweeps: bool = True) -> list[Method]:
+def diffusekit_method(oracle, name: str, solver: dk.Solver, grid_name: str | None, **grid_options: object) -> Method:
+    """``solver`` on ``grid_name`` (its default grid when None) with the exact model; labelled
+    'name [grid]' unless the grid is the default."""
     schedule = oracle.schedule
 
-    def make(name: str, solver: dk.Solver, grid_name: str | None) -> Method:
-        def run(x_T: Tensor, steps: int, seed: int, zero_cost: bool) -> tuple[Tensor, int]:
-            model = dk.Denoiser(CachedNet(0.1 * x_T), schedule, "eps") if zero_cost else oracle
-            grid = dk.make_grid(grid_name or solver.default_grid, schedule, steps)
-            sol = dk.sample(model, solver, x_T, grid=grid, seed=seed, progress=False, dtype=x_T.dtype)
-            return sol.x, sol.nfe
+    def run(x_T: Tensor, steps: int, seed: int, zero_cost: bool) -> tuple[Tensor, int]:
+        model = dk.Denoiser(CachedNet(0.1 * x_T), schedule, "eps") if zero_cost else oracle
+        grid = dk.make_grid(grid_name or solver.default_grid, schedule, steps, **grid_options)
+        sol = dk.sample(model, solver, x_T, grid=grid, seed=seed, progress=False, dtype=x_T.dtype)
+        return sol.x, sol.nfe
 
-        label = name if grid_name is None else f"{name} [{grid_name}]"
-        return Method("diffusekit", label, solver.stochastic, 2 if solver.nfe_per_step == 2 else 1, run)
+    label = name if grid_name is None else f"{name} [{grid_name}{''.join(f' {k}={v}' for k, v in grid_options.items())}]"
+    return Method("diffusekit", label, solver.stochastic, 2 if solver.nfe_per_step == 2 else 1, run)
+
+
+def diffusekit_methods(oracle, quick: bool, sweeps: bool = True) -> list[Method]:
+    def make(name: str, solver: dk.Solver, grid_name: str | None) -> Method:
+        return diffusekit_method(oracle, name, solver, grid_name)
 
     out = []
     for name in SOLVERS.names():  # every fixed-step solver with its defaults
@@ -127,6 +134,8 @@ def diffusers_methods(oracle, quick: bool) -> list[Method]:
         print("diffusers missing: skipped", file=sys.stderr)
         return []
     schedule = oracle.schedule
+    if isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)):
+        return diffusers_edm_methods(oracle)
     two_stage = {"heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde"}
 
     def make(name: str, karras: bool) -> Method:
@@ -156,6 +165,22 @@ def diffusers_methods(oracle, quick: bool) -> list[Method]:
     return out
 
 
+def diffusers_edm_methods(oracle) -> list[Method]:
+    """diffusers' EDM schedulers (Euler, DPM-Solver++ 2M / 3M) on Karras and exponential sigmas (EDM, VE)."""
+    schedule = oracle.schedule
+
+    def make(name: str, spacing: str) -> Method:
+        def run(x_T: Tensor, steps: int, seed: int, zero_cost: bool) -> tuple[Tensor, int]:
+            scheduler = anchors.diffusers_edm_scheduler(name, schedule, spacing)
+            model = anchors.DiffusersEDMOracle(oracle, scheduler.config.sigma_data)
+            x = anchors.run_diffusers(scheduler, model, x_T / scheduler.init_noise_sigma, steps)
+            return x.double(), model.calls
+
+        return Method("diffusers", f"{name} {spacing}", False, 1, run)
+
+    return [make(name, spacing) for name in anchors.DIFFUSERS_EDM_SCHEDULERS for spacing in ("karras", "exponential")]
+
+
 K_SAMPLERS = {  # sampler -> (calls per step, stochastic)
     "sample_euler": (1, False),
     "sample_heun": (2, False),
@@ -182,8 +207,12 @@ def k_diffusion_methods(oracle, quick: bool) -> list[Method]:
         calls_per_step, stochastic = K_SAMPLERS[sampler]
 
         def run(x_T: Tensor, steps: int, seed: int, zero_cost: bool) -> tuple[Tensor, int]:
-            sigmas = (anchors.k_karras_sigmas if karras else anchors.k_discrete_sigmas)(schedule, steps)
-            x_hat = x_T * math.sqrt(1 + float(sigmas[0]) ** 2)  # x / alpha at t_max
+            if isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)):  # karras or exponential sigmas over its range
+                sigmas = anchors.k_edm_sigmas(schedule, steps, "karras" if karras else "exponential")
+            else:  # the training sigmas: karras between their ends, or interpolated at equal index steps
+                sigmas = (anchors.k_karras_sigmas if karras else anchors.k_discrete_sigmas)(schedule, steps)
+            alpha_T = float(schedule.alpha_sigma(torch.tensor(schedule.t_max, dtype=torch.float64))[0])
+            x_hat = x_T / alpha_T  # x / alpha at t_max
             if zero_cost:
                 cached = 0.1 * x_T
                 calls = [0]
@@ -197,7 +226,8 @@ def k_diffusion_methods(oracle, quick: bool) -> list[Method]:
             x = getattr(K, sampler)(model, x_hat, sigmas, disable=True, **options)
             return x.double(), (calls[0] if zero_cost else model.calls)
 
-        label = sampler.removeprefix("sample_") + ("".join(f" {k}={v}" for k, v in options.items())) + (" karras" if karras else "")
+        spacing = " karras" if karras else (" exponential" if isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)) else "")
+        label = sampler.removeprefix("sample_") + "".join(f" {k}={v}" for k, v in options.items()) + spacing
         return Method("k-diffusion", label, stochastic and options.get("eta", 1) != 0, calls_per_step, run)
 
     out = []
@@ -249,7 +279,7 @@ def measure(method: Method, oracle, x_T: Tensor, ref: Tensor, nfe: int, seed: in
     q_all = quality(oracle, x, x)  # spread and log-likelihood of all samples (no reference needed)
     if not method.stochastic:
         row.update(rmse=q_ref.rmse, wrong_component=q_ref.wrong_component, rmse_right=q_ref.rmse_right)
-    row.update(spread=q_all.spread, log_lik=q_all.log_lik)
+    row.update(spread=q_all.spread, spread_narrow=q_all.spread_narrow, spread_wide=q_all.spread_wide, log_lik=q_all.log_lik)
     return row
 
 
@@ -377,6 +407,192 @@ def time_overheads(keys: list[str], repeats: int) -> None:
         {"command": " ".join(["python", *sys.argv]), "load_average": list(os.getloadavg()), "us_per_call": result}, indent=1))
 
 
+# ---------------------------------------------------------------------------
+# issue 11: mixture families x schedules, deterministic samplers, all trajectories
+# ---------------------------------------------------------------------------
+
+FAMILY_NFES = [5, 8, 10, 15, 20]
+TUNING = {*((f, "ddpm") for f in problems.FAMILIES), ("d16k3", "edm"), ("iso64", "edm")}
+"""(family, schedule) cells whose results had been seen when the default was chosen (iso64 / ddpm,
+aniso64 / ddpm and d16k3 / edm were the intended tuning cells; the other DDPM cells and iso64 / edm
+had been looked at too); the other EDM cells are held out."""
+
+FAMILY_ANCHORS = {
+    "diffusers": {"dpm++2m", "dpm++3m", "dpm2m", "dpm3m", "unipc_bh2", "deis", "lms", "edm_euler", "edm_dpm++2m", "edm_dpm++3m"},
+    "k-diffusion": {"euler", "heun", "lms", "dpmpp_2m", "dpmpp_3m_sde eta=0.0"},
+}
+"""Anchor configurations of the family run (each with its spacings: default / Karras, or Karras / exponential
+on EDM). Dropped after the first full cell (iso64 / ddpm, all configurations) and a 200-trajectory pilot on
+d16k3 and ring2d: never best at any NFE there (DDIM, Euler, PNDM, PLMS, KDPM2, Heun, DPM++ 2S / 3S in
+diffusers, DPM-2 in k-diffusion) or non-finite (diffusers UniPC bh1)."""
+
+CANDIDATES: list[tuple[str, dict, str | None, dict]] = [  # (solver, options, grid (None: its default), grid options)
+    ("unipc", {}, None, {}),
+    *[("unipc", {"order": o}, "uniform_lambda", {}) for o in (3, 4)],
+    ("dpm_solver", {}, None, {}),
+    ("dpm_solver", {"order": 3}, "uniform_lambda", {}),
+    ("gaussian_pc", {}, None, {}),
+    ("gaussian_pc", {}, "uniform_lambda", {}),
+    ("ipndm", {}, "uniform_lambda", {}),
+    ("deis", {"order": 3}, "uniform_lambda", {}),
+    ("dpm_solver", {"order": 2}, "uniform_lambda", {}),
+    *[("unipc", {"order": o, "end": "gaussian"}, "uniform_lambda", {}) for o in (3, 4)],
+    ("dpm_solver", {"order": 3, "end": "gaussian"}, "uniform_lambda", {}),
+]
+"""The diffusekit configurations tried for the default (issue 11, "Find and build a default"). Karras-grid
+and UniPC-bh1 variants were dropped after the first full cell (2-16x the best anchor there)."""
+
+
+DEFAULT_LABEL = "default"
+
+
+def default_method(oracle) -> Method:
+    """The library's default sampler (``diffusekit.solvers.DEFAULT_SOLVER`` on its default grid),
+    labelled ``DEFAULT_LABEL``."""
+    method = diffusekit_method(oracle, DEFAULT_SOLVER, make_solver(DEFAULT_SOLVER), None)
+    method.name = DEFAULT_LABEL
+    return method
+
+
+def candidate_methods(oracle) -> list[Method]:
+    """``CANDIDATES`` as methods, labelled 'solver opt=v [grid]'."""
+    out = []
+    for name, options, grid, grid_options in CANDIDATES:
+        label = name + "".join(f" {k}={v}" for k, v in options.items())
+        out.append(diffusekit_method(oracle, label, make_solver(name, **options), grid, **grid_options))
+    return out
+
+
+def family_methods(oracle) -> list[Method]:
+    """Every deterministic diffusers and k-diffusion configuration for the oracle's schedule, then the candidates."""
+    anchored = [m for lib in (diffusers_methods, k_diffusion_methods) for m in lib(oracle, False)
+                if not m.stochastic and m.name.removesuffix(" karras").removesuffix(" exponential") in FAMILY_ANCHORS[m.library]]
+    return anchored + [default_method(oracle), *candidate_methods(oracle)]
+
+
+def run_families(families: list[str], schedules: list[str], n: int, nfes: list[int], out: Path, only: str | None) -> None:
+    """Every (family, schedule) cell: n exact p_T draws, their exact ODE end points (cached),
+    every method at every NFE; rows appended to ``out``.json after each cell (resumable)."""
+    path = out.with_suffix(".json")
+    data = json.loads(path.read_text()) if path.exists() else {"setup": {}, "rows": []}
+    data["setup"] = {"families": sorted({*data["setup"].get("families", []), *families}),
+                     "schedules": sorted({*data["setup"].get("schedules", []), *schedules}),
+                     "trajectories": n, "nfes": nfes, "dtype": "float64", "threads": 1,
+                     "start": "exact draws from p_{t_max} (problems.family_start), seed 1",
+                     "tuning_cells": sorted(map(list, TUNING)), "command": " ".join(["python", *sys.argv])}
+    for schedule_name in schedules:
+        for family in families:
+            oracle = problems.FAMILIES[family](problems.SCHEDULES[schedule_name]())
+            x_T = problems.family_start(oracle, n)
+            ref = cached_reference(oracle, x_T, f"{family}_{schedule_name}_{n}")
+            methods = [m for m in family_methods(oracle) if only is None or only in m.name]
+            done = {(r["family"], r["schedule"], r["library"], r["method"]) for r in data["rows"]}
+            t0 = time.perf_counter()
+            for m in methods:
+                if (family, schedule_name, m.library, m.name) in done:
+                    continue
+                for nfe in nfes:
+                    data["rows"].append({"family": family, "schedule": schedule_name, **measure(m, oracle, x_T, ref, nfe, seed=3)})
+            print(f"{family} / {schedule_name}: {len(methods)} methods, {time.perf_counter() - t0:.0f} s", flush=True)
+            path.write_text(json.dumps(data, indent=1))
+    write_family_report(data, out)
+
+
+def best_anchor(rows: list[dict], library: str | None, nfe: int) -> dict | None:
+    """The lowest-RMSE anchor row (of ``library``, or of both) at a target NFE, its NFE used within it."""
+    cand = [r for r in rows if r["library"] != "diffusekit" and (library is None or r["library"] == library)
+            and r["nfe_target"] == nfe and "rmse" in r and r["nfe"] <= nfe]
+    return min(cand, key=lambda r: r["rmse"]) if cand else None
+
+
+def family_cells(data: dict) -> list[tuple[str, str, list[dict]]]:
+    keys = sorted({(r["family"], r["schedule"]) for r in data["rows"]},
+                  key=lambda k: (list(problems.FAMILIES).index(k[0]), list(problems.SCHEDULES).index(k[1])))
+    return [(f, s, [r for r in data["rows"] if r["family"] == f and r["schedule"] == s]) for f, s in keys]
+
+
+def ratio_cell(rows: list[dict], method: str, nfe: int) -> tuple[float, dict | None]:
+    """(RMSE / best anchor RMSE, the method's row) at a target NFE; inf when the method failed."""
+    best = best_anchor(rows, None, nfe)
+    row = next((r for r in rows if r["library"] == "diffusekit" and r["method"] == method and r["nfe_target"] == nfe), None)
+    if best is None or row is None or "rmse" not in row or row["nfe"] > nfe:
+        return math.inf, row
+    return row["rmse"] / best["rmse"], row
+
+
+def meets_goal(ratio: float, row: dict, nfe: int) -> bool:
+    """Issue 11's goal for the default: ratio <= 0.5, and at NFE >= 10 every spread within 0.95-1.05."""
+    spreads = [v for v in (row["spread"], row["spread_narrow"], row["spread_wide"]) if not math.isnan(v)]
+    return ratio <= 0.5 and (nfe < 10 or all(abs(v - 1) <= 0.05 for v in spreads))
+
+
+def summary_cell(rows: list[dict], nfe: int) -> str:
+    """'ratio (wrong; spread n/w)' of the default at one NFE, with **MISS** when it misses the goal."""
+    ratio, r = ratio_cell(rows, DEFAULT_LABEL, nfe)
+    if r is None or "rmse" not in r:
+        return "not run **MISS**" if r is None else f"{r.get('error', 'failed')} **MISS**"
+    text = (f"{ratio:.2f} ({r['wrong_component']:.4f}; {r['spread']:.2f}"
+            + (f" {r['spread_narrow']:.2f}/{r['spread_wide']:.2f}" if abs(r["spread_narrow"] - r["spread_wide"]) > 0.02 else "") + ")")
+    return text if meets_goal(ratio, r, nfe) else f"{text} **MISS**"
+
+
+def write_family_report(data: dict, out: Path) -> None:
+    """solver_families.md: per cell the best anchors and the default; then every candidate's ratio."""
+    nfes = data["setup"]["nfes"]
+    cells = family_cells(data)
+    md = [f"Command: `{data['setup']['command']}`; {data['setup']['trajectories']} trajectories per cell, "
+          f"{data['setup']['start']}; RMSE per coordinate over ALL trajectories to the exact PF-ODE end point. "
+          "Ratio = default RMSE / best anchor RMSE (best of every deterministic diffusers and k-diffusion "
+          "configuration at that NFE, NFE used <= target). Goal: ratio <= 0.5, spread within 0.95-1.05 at NFE >= 10; "
+          "cells missing it are marked **MISS**. Tuning cells (seen when the default was chosen; the others are held out): "
+          + ", ".join(f"{f}/{s}" for f, s in data["setup"]["tuning_cells"]) + ".", ""]
+    md += ["### The default: RMSE / best anchor RMSE (wrong-mode fraction; spread overall, narrowest / widest third)", "",
+           "| family / schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
+    for family, schedule, rows in cells:
+        tag = " (tuning)" if [family, schedule] in data["setup"]["tuning_cells"] else ""
+        md.append(f"| {family} / {schedule}{tag} | " + " | ".join(summary_cell(rows, nfe) for nfe in nfes) + " |")
+    md.append("")
+    for family, schedule, rows in cells:
+        tag = " (tuning cell)" if [family, schedule] in data["setup"]["tuning_cells"] else " (held out)"
+        md += [f"### {family} / {schedule}{tag}", "",
+               "| NFE | best diffusers | RMSE | wrong | best k-diffusion | RMSE | wrong | default RMSE | ratio | wrong | "
+               "spread | narrow | wide | goal |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for nfe in nfes:
+            bd, bk = best_anchor(rows, "diffusers", nfe), best_anchor(rows, "k-diffusion", nfe)
+            ratio, r = ratio_cell(rows, DEFAULT_LABEL, nfe)
+            cols = []
+            for b in (bd, bk):
+                cols += ["-", "-", "-"] if b is None else [b["method"], fmt(b["rmse"], ".2e"), fmt(b["wrong_component"], ".4f")]
+            if r is None or "rmse" not in r:
+                md.append(f"| {nfe} | {' | '.join(cols)} | {r.get('error', 'not run') if r else 'not run'} | | | | | | **MISS** |")
+                continue
+            spreads = (r["spread"], r["spread_narrow"], r["spread_wide"])
+            ok = meets_goal(ratio, r, nfe)
+            md.append(f"| {nfe} | {' | '.join(cols)} | {fmt(r['rmse'], '.2e')} | {ratio:.2f} | {fmt(r['wrong_component'], '.4f')} | "
+                      + " | ".join(fmt(v, ".3f") for v in spreads) + f" | {'ok' if ok else '**MISS**'} |")
+        md.append("")
+    labels = sorted(set.intersection(*({r["method"] for r in rows if r["library"] == "diffusekit"} for _, _, rows in cells)))
+    md += ["### Every diffusekit configuration: RMSE / best anchor RMSE per cell and NFE", "",
+           "Worst = largest ratio over all cells and NFEs (inf: failed or used more calls); 'spread miss' = cells x NFE >= 10 "
+           "with any spread (overall, narrow, wide) outside 0.95-1.05.", "",
+           "| configuration | worst | median | spread misses | " + " | ".join(f"{f}/{s}" for f, s, _ in cells) + " |",
+           "|---|---|---|---|" + "---|" * len(cells)]
+    for label in labels:
+        per_cell, allr, misses = [], [], 0
+        for _, _, rows in cells:
+            ratios = []
+            for nfe in nfes:
+                ratio, r = ratio_cell(rows, label, nfe)
+                ratios.append(ratio)
+                if nfe >= 10 and r is not None and "spread" in r and any(
+                        abs(r[k] - 1) > 0.05 for k in ("spread", "spread_narrow", "spread_wide") if not math.isnan(r[k])):
+                    misses += 1
+            allr += ratios
+            per_cell.append("/".join("x" if math.isinf(v) else f"{v:.2f}" for v in ratios))
+        md.append(f"| {label} | {max(allr):.2f} | {statistics.median(allr):.2f} | {misses} | " + " | ".join(per_cell) + " |")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="defaults only, NFE 5/10/20, 1,000 samples, 64 trajectories")
@@ -388,10 +604,24 @@ def main() -> None:
     ap.add_argument("--no-sweeps", action="store_true", help="diffusekit solvers with their defaults only")
     ap.add_argument("--out", default=str(RESULTS / "solvers"), help="output prefix (.json, .md, _rmse.png)")
     ap.add_argument("--report-only", action="store_true", help="rewrite .md and .png from the existing .json")
+    ap.add_argument("--families", nargs="*", default=None, metavar="FAMILY",
+                    help=f"issue 11 run over mixture families ({', '.join(problems.FAMILIES)}; none listed: all) "
+                         "-> results/solver_families.json/.md")
+    ap.add_argument("--schedules", nargs="*", default=list(problems.SCHEDULES), help="with --families")
+    ap.add_argument("--only", default=None, help="with --families: only methods whose label contains this")
     ap.add_argument("--overhead", nargs="*", default=None, metavar="LIBRARY|METHOD",
                     help="only time these methods (e.g. 'diffusers|dpm++2m') -> results/solvers_overhead.json")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.families is not None:
+        out = Path(args.out) if args.out != str(RESULTS / "solvers") else RESULTS / "solver_families"
+        if args.report_only:
+            write_family_report(json.loads(out.with_suffix(".json").read_text()), out)
+            return
+        torch.set_num_threads(1)
+        run_families(args.families or list(problems.FAMILIES), args.schedules, args.trajectories or 4000,
+                     args.nfe or FAMILY_NFES, out, args.only)
+        return
     if args.report_only:
         write_reports(json.loads(out.with_suffix(".json").read_text()), out)
         return

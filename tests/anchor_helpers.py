@@ -17,6 +17,8 @@ the anchor tests and the benchmarks (which import it from here).
   training sigmas at n equally spaced indices).
 - ``grid_of_scheduler``: a diffusers scheduler's points as a diffusekit ``Grid`` (k-diffusion's
   sigmas: ``diffusekit.interop.grid_from_sigmas``).
+- EDM and VE schedules (alpha = 1): ``diffusers_edm_scheduler`` / ``DiffusersEDMOracle`` (diffusers'
+  EDM schedulers with the exact model behind their preconditioning), ``k_edm_sigmas``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import types
@@ -293,6 +296,69 @@ def k_discrete_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
 def k_karras_sigmas(schedule: dk.DiscreteSchedule, n: int) -> Tensor:
     """Karras et al. 2022 eq. (5) between the training sigmas' ends (rho = 7), then 0 (float64)."""
     s = k_diffusion_sigmas(schedule)
+    return _karras_sigmas(float(s[0]), float(s[-1]), n)
+
+
+def _karras_sigmas(lo: float, hi: float, n: int) -> Tensor:
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    lo, hi = float(s[0]) ** (1 / 7), float(s[-1]) ** (1 / 7)
-    return torch.cat([(hi + ramp * (lo - hi)) ** 7, ramp.new_zeros(1)])
+    return torch.cat([(hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7, ramp.new_zeros(1)])
+
+
+# short name -> (diffusers class, options) for schedules with alpha = 1 (EDM, VE): sigma in [sigma_min, sigma_max]
+DIFFUSERS_EDM_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "edm_euler": ("EDMEulerScheduler", {}),
+    "edm_dpm++2m": ("EDMDPMSolverMultistepScheduler", {"solver_order": 2}),
+    "edm_dpm++3m": ("EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+}
+
+
+def ve_sigma_range(schedule: dk.NoiseSchedule) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of a schedule with alpha = 1 (EDM, VE); raises for any other."""
+    if not isinstance(schedule, (dk.EDMSchedule, dk.VESchedule)):
+        raise ValueError(f"the EDM anchors need alpha = 1 (EDMSchedule, VESchedule), got {schedule!r}")
+    lam = schedule.log_snr(torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64))
+    return float((-lam[0]).exp()), float((-lam[1]).exp())
+
+
+def diffusers_edm_scheduler(name: str, schedule: dk.NoiseSchedule, sigma_schedule: str = "karras") -> Any:
+    """A fresh diffusers EDM scheduler ``DIFFUSERS_EDM_SCHEDULERS[name]`` on the schedule's sigma range
+    (``ve_sigma_range``), its sigmas spaced by ``sigma_schedule`` ('karras', rho = 7, or 'exponential'),
+    ending at 0."""
+    cls_name, defaults = DIFFUSERS_EDM_SCHEDULERS[name]
+    cls = getattr(load_diffusers(), cls_name)
+    lo, hi = ve_sigma_range(schedule)
+    return cls(sigma_min=lo, sigma_max=hi, sigma_schedule=sigma_schedule, prediction_type="epsilon", **defaults)
+
+
+class DiffusersEDMOracle:
+    """The exact oracle behind diffusers' EDM preconditioning (Karras et al. 2022, Table 1): it gets
+    c_in x and c_noise = log(sigma) / 4 and returns F with c_skip x + c_out F = E[x0 | x]
+    (``prediction_type='epsilon'``); counts its calls."""
+
+    def __init__(self, oracle: GaussianMixture, sigma_data: float) -> None:
+        self.oracle = oracle
+        self.sigma_data = sigma_data
+        self.calls = 0
+
+    def __call__(self, x_in: Tensor, c_noise: Tensor | float) -> Tensor:
+        self.calls += 1
+        s = torch.exp(4 * torch.as_tensor(c_noise, dtype=torch.float64)).reshape(-1).expand(x_in.shape[0])
+        norm = (s * s + self.sigma_data**2).sqrt()[:, None]
+        x = x_in.double().flatten(1) * norm
+        alpha = (1 + s * s).rsqrt()
+        x0, _, _ = self.oracle.posterior(x * alpha[:, None], alpha, s * alpha)
+        c_skip = self.sigma_data**2 / norm**2
+        c_out = s[:, None] * self.sigma_data / norm
+        return ((x0 - c_skip * x) / c_out).to(x_in.dtype).reshape(x_in.shape)
+
+
+def k_edm_sigmas(schedule: dk.NoiseSchedule, n: int, spacing: str) -> Tensor:
+    """k-diffusion's ``get_sigmas_karras`` (rho = 7) or ``get_sigmas_exponential`` on the sigma range of
+    a schedule with alpha = 1 (``ve_sigma_range``), then 0 (float64)."""
+    lo, hi = ve_sigma_range(schedule)
+    if spacing == "karras":
+        return _karras_sigmas(lo, hi, n)
+    if spacing != "exponential":
+        raise ValueError(f"spacing must be 'karras' or 'exponential', got {spacing!r}")
+    s = torch.exp(torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64))
+    return torch.cat([s, s.new_zeros(1)])

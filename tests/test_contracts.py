@@ -261,9 +261,9 @@ def test_solvers_without_per_sample_times_refuse_a_per_sample_grid() -> None:
         dk.Grid.stack([dk.make_grid("karras", schedule, 5), dk.make_grid("karras", schedule, 6)])
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SOLVERS.names() if not dk.make_solver(n).adaptive))
+@pytest.mark.parametrize("name", sorted(n for n in SOLVERS.names() if not dk.make_solver(n).adaptive) + ["ddim+end", "heun+end", "dpmpp_3m+end"])
 def test_the_declared_nfe_is_the_nfe_used(name: str) -> None:
-    solver = dk.make_solver(name)
+    solver = dk.make_solver(name.removesuffix("+end"), **({"end": "gaussian"} if name.endswith("+end") else {}))
     for schedule in all_schedules().values():
         den = smooth_mixture(schedule, dim=2)
         for n in (1, 2, 3, 5, 10):
@@ -277,3 +277,19 @@ def test_the_declared_nfe_is_the_nfe_used(name: str) -> None:
             n = steps_for_nfe(solver, schedule, budget)
             assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n)) <= budget or n == 1
             assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n + 1)) > budget
+
+
+def test_the_paper_grid_policy_picks_each_solvers_paper_grid() -> None:
+    from diffusekit.sample import grid_rule
+
+    schedule = dk.EDMSchedule()
+    den = gaussian(schedule)
+    for name, paper in [("euler", "karras"), ("heun", "karras"), ("ddim", "uniform_t"), ("dpmpp_2m", "uniform_lambda"), ("deis", "quadratic_t")]:
+        solver = dk.make_solver(name)
+        assert grid_rule(solver, "paper") == paper
+        a = dk.sample(den, solver, shape=(3,), batch=2, steps=6, grid="paper", progress=False)
+        b = dk.sample(den, solver, shape=(3,), batch=2, grid=dk.make_grid(paper, schedule, 6), progress=False)
+        torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
+    assert grid_rule(dk.make_solver("ddim"), None) == grid_rule(dk.make_solver("ddim"), "default") == dk.make_solver("ddim").default_grid
+    with pytest.raises(ValueError, match="unknown step grid .papers.; allowed: default, paper, .*karras"):
+        grid_rule(dk.make_solver("ddim"), "papers")

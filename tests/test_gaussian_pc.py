@@ -10,9 +10,10 @@ import torch
 
 import diffusekit as dk
 from diffusekit.sample import Step
-from diffusekit.schedules.grids import GAUSSIAN_POWER, GAUSSIAN_TABLE, gaussian_lam_end
+from diffusekit.schedules.grids import gaussian_lam_end
 from diffusekit.solvers.exponential import Node
 from diffusekit.solvers.gaussian_end import gaussian_end
+from diffusekit.tuned import GAUSSIAN_POWER, GAUSSIAN_TABLE
 from diffusekit.solvers.gaussian_pc import GaussianPC, c_in_weights
 from diffusekit.solvers.unipc import UniPC
 from diffusekit.oracle import GaussianMixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffusekit as dk
-from diffusekit.schedules.grids import TUNED_TABLE, TUNED_WARP
+from diffusekit.tuned import TUNED_TABLE, TUNED_WARP
 from diffusekit.oracle import GaussianMixture
 
 

@@ -82,7 +82,7 @@ def test_labelled_oracle_rejects_bad_labels() -> None:
 
 def conditional_responsibilities(mix: GaussianMixture, x: torch.Tensor, y: int) -> torch.Tensor:
     """Each sample's posterior over the components of class y under p(x|y) (B, K)."""
-    logits, _, _ = mix._joint(x.double(), torch.ones(len(x), dtype=F64), torch.zeros(len(x), dtype=F64))
+    logits = mix._joint(x.double(), torch.ones(len(x), dtype=F64), torch.zeros(len(x), dtype=F64))[0]
     return torch.softmax(logits.masked_fill(~mix.members[y], -math.inf), 1)
 
 

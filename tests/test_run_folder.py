@@ -295,9 +295,10 @@ def test_readme_conditional_commands_run(tmp_path: Path, monkeypatch: pytest.Mon
     assert all(Path(name).is_file() for name in ("threes.png", "classes.png", "sevens.png"))
 
 
-def test_readme_python_snippet_prints_what_the_readme_says(capsys: pytest.CaptureFixture[str]) -> None:
-    code = _readme_block("Thirty seconds of Python", "python")
-    printed = re.search(r"prints `(.*?)`", README.read_text().split("## Thirty seconds of Python", 1)[1]).group(1)  # type: ignore[union-attr]
+@pytest.mark.parametrize("section", ["Thirty seconds of Python", "Hooks: wrappers, constraints, callbacks, partial grids"])
+def test_readme_python_snippet_prints_what_the_readme_says(section: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _readme_block(section, "python")
+    printed = re.search(r"prints `(.*?)`", README.read_text().split(f"## {section}", 1)[1]).group(1)  # type: ignore[union-attr]
     with torch.random.fork_rng():
         exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == printed

@@ -165,7 +165,7 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True,
               help="number of samples (per class with --class all)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--grid", default=None, help="step grid name (default: the solver's)")
+@click.option("--grid", default=None, help="step grid: a rule name, or 'paper' (each solver's paper grid); default: the solver's")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
 @click.option("--class", "which", default=None, metavar="K|all",
               help="class-conditional runs: samples of class K, or all: --n of each class, one grid row per class")
@@ -185,16 +185,14 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     from .files import atomic_write
     from .image_grid import save_image_grid
     from .pipeline import class_count, guided_denoiser, load_run, sample_denoiser
-    from .schedules import GRIDS
+    from .sample import grid_rule
     from .solvers import make_solver
 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
         name = solver or run.config.sampling.solver
-        make_solver(name, **opts)
-        if grid is not None:
-            GRIDS.get(grid)
+        grid_rule(make_solver(name, **opts), grid)
         denoiser = run.denoiser
         cond, rows = None, None
         if which is not None:

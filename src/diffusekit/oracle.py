@@ -1,6 +1,8 @@
 """The exact oracle: a Gaussian mixture whose every diffusion quantity is known in closed form.
 
-For data x0 ~ sum_k w_k N(mu_k, diag(s_k^2)) and x_t = alpha x0 + sigma eps,
+For data x0 ~ sum_k w_k N(mu_k, Q diag(s_k^2) Q^T) (Q orthogonal, the identity by default)
+and x_t = alpha x0 + sigma eps, the noise is isotropic, so in the eigen-frame y = Q^T x every
+component is diagonal; below, x, mu_k are in that frame and results are mapped back by Q.
 the marginal is p_t(x) = sum_k w_k N(x; alpha mu_k, diag(alpha^2 s_k^2 + sigma^2)),
 and with responsibilities r_k(x) the posterior means are
 
@@ -35,10 +37,12 @@ from .utils import append_dims
 
 
 class GaussianMixture(Denoiser):
-    """A mixture of diagonal Gaussians, exact for any schedule and any data shape.
+    """A mixture of Gaussians, exact for any schedule and any data shape.
 
     ``means`` is (K, D); ``stds`` a float, (K,) (isotropic) or (K, D) (diagonal);
-    ``weights`` (K,) (uniform by default). ``shape`` reshapes the D-vector, e.g.
+    ``weights`` (K,) (uniform by default). ``rotation``: an orthogonal (D, D) Q shared by
+    the components, whose covariances are then Q diag(stds_k^2) Q^T (full covariance;
+    ``stds`` are the standard deviations along Q's columns). ``shape`` reshapes the D-vector, e.g.
     (1, 4, 4) to pose as images.
 
     Class-conditional calls take ``cond`` = a class label (one per sample, or one for all):
@@ -58,6 +62,7 @@ class GaussianMixture(Denoiser):
         weights: Tensor | Sequence | None = None,
         shape: Sequence[int] | None = None,
         labels: Tensor | Sequence[int] | None = None,
+        rotation: Tensor | Sequence | None = None,
     ) -> None:
         super().__init__(None, schedule, "x0")
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -71,7 +76,12 @@ class GaussianMixture(Denoiser):
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != (k,) or not bool((weights > 0).all()):
             raise ValueError(f"weights must be {k} positive numbers")
+        if rotation is not None:
+            rotation = torch.as_tensor(rotation, dtype=torch.float64)
+            if rotation.shape != (d, d) or not torch.allclose(rotation.T @ rotation, torch.eye(d, dtype=torch.float64), atol=1e-10):
+                raise ValueError(f"rotation must be an orthogonal ({d}, {d}) matrix")
         self.register_buffer("means", means)
+        self.register_buffer("rotation", rotation)
         self.register_buffer("variances", stds.pow(2).contiguous())
         self.register_buffer("log_weights", (weights / weights.sum()).log())
         labels = torch.arange(k) if labels is None else torch.as_tensor(labels)
@@ -120,28 +130,54 @@ class GaussianMixture(Denoiser):
             )
         return y
 
+    def to_frame(self, x: Tensor) -> Tensor:
+        """Flat (B, D) points in the components' eigen-frame, y = Q^T x (x itself without rotation)."""
+        return x if self.rotation is None else x @ self.rotation
+
+    def from_frame(self, y: Tensor) -> Tensor:
+        """The inverse of ``to_frame``: x = Q y."""
+        return y if self.rotation is None else y @ self.rotation.T
+
     # ---- closed forms --------------------------------------------------------
-    def _joint(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(log w_k + log N(x; alpha mu_k, v_k) (B, K), v_k (B, K, D), x - alpha mu_k (B, K, D))."""
+    def _joint(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log w_k + log N(y; alpha mu_k, v_k) (B, K), 1 / v_k (B or 1, K, D), y - alpha mu_k (B, K, D),
+        y) in the eigen-frame y = Q^T x (|det Q| = 1 leaves the density); v_k has one row when every
+        sample is at the same noise level."""
+        if alpha.numel() > 1 and bool((alpha == alpha[0]).all()) and bool((sigma == sigma[0]).all()):
+            alpha, sigma = alpha[:1], sigma[:1]
         a = alpha.reshape(-1, 1, 1)
-        var = a**2 * self.variances + sigma.reshape(-1, 1, 1) ** 2  # (B, K, D)
-        diff = x[:, None, :] - a * self.means  # (B, K, D)
-        log_n = -0.5 * (torch.log(2 * math.pi * var) + diff**2 / var).sum(-1)
-        return self.log_weights + log_n, var, diff
+        prec = 1 / (a**2 * self.variances + sigma.reshape(-1, 1, 1) ** 2)
+        y = self.to_frame(x)
+        diff = y[:, None, :] - a * self.to_frame(self.means)
+        log_n = 0.5 * (torch.log(prec / (2 * math.pi)).sum(-1) - (diff**2 * prec).sum(-1))
+        return self.log_weights + log_n, prec, diff, y
 
     def posterior(
         self, x: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(E[x0 | x], E[eps | x], log p_t(x)) for flat float64 x (B, D) and alpha, sigma (B,);
-        with ``cond``, of p_t(x | y)."""
-        logits, var, diff = self._joint(x, alpha, sigma)
+        with ``cond``, of p_t(x | y).
+
+        Computed in the eigen-frame (``to_frame``), where each component is diagonal, and
+        mapped back: E[x0 | x] = Q E[y0 | Q^T x], likewise for eps. At one noise level for the
+        whole batch the sums over components are (B, K) @ (K, D) products.
+        """
+        logits, prec, diff, x_frame = self._joint(x, alpha, sigma)
         if cond is not None:
             y = self.class_index(cond, x.shape[0])
             logits = logits.masked_fill(~self.members[y], -math.inf)
         log_p = torch.logsumexp(logits, 1)
-        r = torch.softmax(logits, 1)[..., None]
-        x0 = (r * (self.means + alpha.reshape(-1, 1, 1) * self.variances / var * diff)).sum(1)
-        eps = (r * (sigma.reshape(-1, 1, 1) / var * diff)).sum(1)
+        r = torch.softmax(logits, 1)
+        a, s = (v[: prec.shape[0]].reshape(-1, 1, 1) for v in (alpha, sigma))
+        means = self.to_frame(self.means)
+        gain = a * self.variances * prec  # E[y0 | y, k] = mu_k + gain_k (y - a mu_k)
+        if prec.shape[0] == 1:  # sum_k r_k (c_k + g_k y) as (B, K) @ (K, D)
+            x0 = r @ (means * (1 - a * gain))[0] + x_frame * (r @ gain[0])
+            eps = x_frame * (r @ (s * prec)[0]) - r @ (s * a * means * prec)[0]
+        else:
+            x0 = (r[..., None] * (means + gain * diff)).sum(1)
+            eps = (r[..., None] * (s * prec * diff)).sum(1)
+        x0, eps = self.from_frame(x0), self.from_frame(eps)
         if cond is not None:
             log_p = log_p - self.class_log_weights[y]
         return x0, eps, log_p
@@ -150,7 +186,7 @@ class GaussianMixture(Denoiser):
         """Exact log p(y | x_t) for every class y (float64, (B, C)); differentiable in x, so it
         serves as the time-aware classifier of classifier guidance. ``t=None``: clean data."""
         alpha, sigma = self._coeffs_or_clean(t, x)
-        logits, _, _ = self._joint(x.flatten(1).double(), alpha, sigma)
+        logits = self._joint(x.flatten(1).double(), alpha, sigma)[0]
         per_class = logits[:, None, :].masked_fill(~self.members[:-1], -math.inf).logsumexp(-1)  # (B, C)
         return per_class - logits.logsumexp(1, keepdim=True)
 
@@ -196,7 +232,7 @@ class GaussianMixture(Denoiser):
             comp = torch.multinomial(probs.cpu(), 1, generator=g)[:, 0]
         comp = comp.to(self.means.device)
         z = torch.randn(n, self.dim, generator=g, dtype=torch.float64).to(self.means.device)
-        x0 = self.means[comp] + self.variances[comp].sqrt() * z
+        x0 = self.means[comp] + self.from_frame(self.variances[comp].sqrt() * z)
         if t is not None:
             alpha, sigma = self.schedule.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
             eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64).to(x0.device)

@@ -28,7 +28,7 @@ from .files import atomic_write_text, remove_orphan_temp_files
 from .image_grid import save_image_grid
 from .losses import DSMLoss
 from .models import mlp_preset, unet_preset
-from .sample import Solution, sample, steps_for_nfe
+from .sample import GRID_POLICIES, Solution, grid_rule, sample, steps_for_nfe
 from .schedules import GRIDS, make_grid, make_schedule
 from .solvers import make_solver
 from .train import (
@@ -117,10 +117,11 @@ def check_names(cfg: RunConfig) -> None:
         ("diffusion.time_sampling", TIME_SAMPLERS, cfg.diffusion.time_sampling),
         ("diffusion.weighting", WEIGHTINGS, cfg.diffusion.weighting),
         ("sampling.solver", SOLVERS, cfg.sampling.solver),
-        ("sampling.grid", GRIDS, cfg.sampling.grid),
     ]:
         if name is not None and name not in registry:
             raise ValueError(f"{key} must be one of {', '.join(registry.names())}, got {name!r}")
+    if cfg.sampling.grid is not None and cfg.sampling.grid not in (*GRID_POLICIES, *GRIDS.names()):
+        raise ValueError(f"sampling.grid must be one of {', '.join([*GRID_POLICIES, *GRIDS.names()])}, got {cfg.sampling.grid!r}")
 
 
 def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
@@ -354,7 +355,7 @@ def sample_denoiser(
     """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls."""
     solver = make_solver(solver_name, **options)
     steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
-    g = make_grid(grid or solver.default_grid, denoiser.schedule, steps)
+    g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)
     return sample(
         denoiser, solver, shape=info.data_shape, batch=n, grid=g, seed=seed, cond=cond,
         save_trajectory=save_trajectory, progress=progress,

@@ -22,7 +22,7 @@ from .noise import NoiseSource
 from .parameterization import Prediction
 from .progress import progress_bar
 from .schedules.base import NoiseSchedule
-from .schedules.grids import Grid, make_grid
+from .schedules.grids import GRIDS, Grid, make_grid
 from .utils import append_dims, check_positive_int
 
 
@@ -113,7 +113,8 @@ class Constraint(Protocol):
 
 class Solver:
     """One step of a sampler. Subclasses declare ``order`` (the convergence order that
-    the oracle tests check), ``stochastic``, ``nfe_per_step`` and a ``default_grid``.
+    the oracle tests check), ``stochastic``, ``nfe_per_step``, a ``default_grid`` (diffusekit's
+    choice) and a ``paper_grid`` (the one its paper uses; ``grid="paper"`` selects it).
 
     Adaptive solvers (``nfe_per_step`` NaN) run their own step-size control inside
     one loop step; ``default_steps`` is the coarse grid they want when none is given.
@@ -128,6 +129,7 @@ class Solver:
     order: int = 1
     stochastic: bool = False
     per_sample_times: bool = False  # accepts a per-sample grid (Step numbers of shape (B,))
+    paper_grid: str = "uniform_t"  # the grid of the solver's paper (grid policy "paper")
     nfe_per_step: float = 1
     default_grid: str = "uniform_t"
     default_steps: int = 50
@@ -192,13 +194,29 @@ def forward_jump(x: Tensor, step: Step, ctx: StepContext) -> Tensor:
     return ratio * x + math.sqrt(max(var, 0.0)) * ctx.noise()
 
 
+GRID_POLICIES = ("default", "paper")
+"""Grid names that pick each solver's own grid: its ``default_grid`` or its ``paper_grid``."""
+
+
+def grid_rule(solver: Solver, grid: str | None = None) -> str:
+    """The grid rule to use: ``None`` / "default" -> the solver's ``default_grid``, "paper" -> its
+    ``paper_grid``, any other name -> that registered rule (checked)."""
+    if grid is None or grid == "default":
+        return solver.default_grid
+    if grid == "paper":
+        return solver.paper_grid
+    if grid not in GRIDS:
+        raise ValueError(f"unknown step grid {grid!r}; allowed: {', '.join([*GRID_POLICIES, *GRIDS.names()])}")
+    return grid
+
+
 def sample(
     denoiser: DenoiserLike,
     solver: Solver,
     x_T: Tensor | None = None,
     *,
     steps: int | None = None,
-    grid: Grid | None = None,
+    grid: Grid | str | None = None,
     shape: Sequence[int] | None = None,
     batch: int | None = None,
     cond: Cond = None,
@@ -216,8 +234,9 @@ def sample(
 
     ``denoiser`` is anything with a ``schedule`` and a call ``(x, t, cond) -> Prediction``
     (``DenoiserLike``: a ``Denoiser``, the oracle, a guidance or distillation wrapper).
-    Give either ``grid`` or ``steps`` (then ``solver.default_grid`` is used; with
-    neither, ``solver.default_steps``). Without ``x_T``, ``shape`` (one sample's shape)
+    Give a ``Grid``, or ``steps`` and optionally a grid name (a rule of ``GRIDS``, or the
+    policy "default" = ``solver.default_grid``, "paper" = ``solver.paper_grid``); without
+    ``steps``, ``solver.default_steps``. Without ``x_T``, ``shape`` (one sample's shape)
     and ``batch`` give a prior draw from the per-sample noise streams of ``seed``; a grid
     that starts below t_max (SDEdit) needs ``x_T`` at its first time.
 
@@ -241,7 +260,7 @@ def _run(
     solver: Solver,
     x_T: Tensor | None,
     steps: int | None,
-    grid: Grid | None,
+    grid: Grid | str | None,
     shape: Sequence[int] | None,
     batch: int | None,
     cond: Cond,
@@ -255,8 +274,9 @@ def _run(
     progress: bool,
 ) -> Solution:
     schedule = denoiser.schedule
-    if grid is None:
-        grid = make_grid(solver.default_grid, schedule, check_positive_int("steps", steps if steps is not None else solver.default_steps))
+    if not isinstance(grid, Grid):
+        n = check_positive_int("steps", steps if steps is not None else solver.default_steps)
+        grid = make_grid(grid_rule(solver, grid), schedule, n)
     elif steps is not None and steps != grid.n_steps:
         raise ValueError(f"steps={steps} disagrees with the given grid's {grid.n_steps} steps")
     if x_T is None:
@@ -333,12 +353,12 @@ def _run(
 
 
 def steps_for_nfe(solver: Solver, schedule: NoiseSchedule, nfe: int, grid: str | None = None) -> int:
-    """The most steps of ``solver`` on its default grid (or the named rule) that make at most
+    """The most steps of ``solver`` on its default grid (or the named rule or policy) that make at most
     ``nfe`` model calls (at least one step), so a requested budget is the budget used."""
     check_positive_int("nfe", nfe)
     if solver.adaptive:
         return solver.default_steps
-    rule = grid or solver.default_grid
+    rule = grid_rule(solver, grid)
     n = max(1, math.ceil(nfe / float(solver.nfe_per_step)))
     while n > 1 and solver.nfe(make_grid(rule, schedule, n)) > nfe:  # type: ignore[operator]
         n -= 1

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Registry
+from ..tuned import GAUSSIAN_LAM_END, GAUSSIAN_POWER, GAUSSIAN_TABLE, TUNED_TABLE, TUNED_WARP
 from ..utils import check_positive_float, check_positive_int
 from .base import NoiseSchedule
 
@@ -223,50 +224,13 @@ def karras(
     return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp, t_start=t_start)
 
 
-TUNED_WARP: tuple[float, ...] = (0.0, 0.1736, 0.355, 0.436, 0.501, 0.6318, 0.7415, 0.836, 1.0)
-"""Knots of the ``tuned_lambda`` warp at u = 0, 1/8, ..., 1 (fitted by ``benchmarks/grid_search.py``)."""
-
-TUNED_TABLE: dict[int, tuple[float, ...]] = {
-    5: (0.0, 0.3482, 0.4338, 0.5013, 0.6684),
-    6: (0.0, 0.362, 0.3915, 0.4692, 0.4938, 0.668),
-    7: (0.0, 0.2877, 0.3901, 0.4654, 0.4816, 0.6234, 0.7566),
-    8: (0.0, 0.2721, 0.3857, 0.429, 0.5272, 0.6801, 0.7373, 0.8773),
-    9: (0.0, 0.1639, 0.2936, 0.3803, 0.45, 0.5567, 0.6864, 0.7706, 0.9454),
-    10: (0.0, 0.1727, 0.2803, 0.3784, 0.4516, 0.5902, 0.6816, 0.8032, 0.8902, 0.9987),
-    11: (0.0, 0.147, 0.3253, 0.3923, 0.4475, 0.5114, 0.6106, 0.6733, 0.8094, 0.8984, 0.9992),
-    12: (0.0, 0.3359, 0.3853, 0.4302, 0.4842, 0.5066, 0.5547, 0.6156, 0.6548, 0.7498, 0.8976, 0.9989),
-    13: (0.0, 0.2831, 0.3755, 0.42, 0.4649, 0.4919, 0.5269, 0.5804, 0.6391, 0.6917, 0.8067, 0.8989, 0.9986),  # rows 12, 14 averaged
-    14: (0.0, 0.2484, 0.3668, 0.4092, 0.4561, 0.4786, 0.4978, 0.5484, 0.6038, 0.6723, 0.7156, 0.8636, 0.8943, 0.9983),
-    15: (0.0, 0.2183, 0.3524, 0.4164, 0.4439, 0.4864, 0.5093, 0.5637, 0.6244, 0.6782, 0.7415, 0.7879, 0.8505, 0.9117, 0.9674),
-    16: (0.0, 0.2513, 0.3594, 0.4155, 0.4559, 0.4841, 0.5072, 0.5532, 0.6067, 0.6538, 0.7021, 0.7733, 0.8094, 0.8629, 0.9144, 0.9988),
-}
-"""Per-step-count log-SNR fractions of ``tuned_lambda`` (first 0; a last one < 1 stops above
-t_end and leaves the rest to the clean-end step), fitted with UniPC one count at a time
-(row 13: rows 12 and 14 resampled and averaged; it beat the warp on the training mixtures):
-few-step grids spend one long step at high noise, cluster their calls where the modes
-separate and skip the low-noise end."""
-
-
-GAUSSIAN_POWER: float = 0.35
-"""Default exponent of ``gaussian_lambda``."""
-
-GAUSSIAN_TABLE: dict[int, tuple[float, ...]] = {
-    5: (-1.717, -0.856, -0.027, 0.818),
-    6: (-1.933, -0.975, -0.453, 0.151, 0.957),
-    7: (-1.873, -0.994, -0.439, 0.026, 0.386, 1.132),
-    8: (-1.981, -1.114, -0.626, -0.273, 0.395, 0.896, 1.204),
-}
-"""Fitted log-SNRs of ``gaussian_lambda``'s grid points 1..n-1 (point 0 is t_max) for few steps
-(``python benchmarks/grid_search.py gaussian --nfe N``)."""
-
-
 def gaussian_lam_end(n_steps: int) -> float:
-    """Default last log-SNR of ``gaussian_lambda``: 0.75 (sigma / alpha ~ 0.47) up to 6 steps,
-    then 0.1 higher per step (1.15 at 10, 2.15 at 20), so that with many steps the grid
-    reaches t_end and the sampler converges to the ODE solution for any data. Chosen
-    between the sharp oracle mixtures (best 0.75-1.0 at 5-15 steps) and the trained digits
-    model (classifier FD best at 1.5-2.0 for 8-15 steps; ``benchmarks/RESULTS.md``)."""
-    return 0.75 + 0.1 * max(0, n_steps - 6)
+    """Default last log-SNR of ``gaussian_lambda`` (``GAUSSIAN_LAM_END``): 0.75 (sigma / alpha ~
+    0.47) up to 6 steps, then 0.1 higher per step (1.15 at 10, 2.15 at 20), so that with many
+    steps the grid reaches t_end and the sampler converges to the ODE solution for any data.
+    An absolute log-SNR fitted to data in about [-1, 1] (see ``diffusekit.tuned``)."""
+    base, per_step, after = GAUSSIAN_LAM_END
+    return base + per_step * max(0, n_steps - after)
 
 
 def lambda_warp(u: Tensor, warp: Sequence[float]) -> Tensor:
@@ -300,7 +264,7 @@ def tuned_lambda(
     ``warp`` (identity = ``uniform_lambda``), or f_i = ``fractions[i]`` given per point.
 
     Defaults: the fitted ``TUNED_TABLE`` row for this step count if there is one (grids
-    ending at the clean end), else the fitted ``TUNED_WARP``. Both were fitted by
+    ending at the clean end), else the fitted ``TUNED_WARP`` (``diffusekit.tuned``). Both were fitted by
     ``benchmarks/grid_search.py`` on sharp Gaussian mixtures other than the benchmark's;
     being fractions of the log-SNR span they apply to any schedule.
     """

@@ -2,12 +2,16 @@
 
 Importing this package registers every solver name in ``SOLVERS`` (for the CLI
 and configs); ``diffusekit solvers`` lists them with their order and NFE per step.
+``DEFAULT_SOLVER`` (a registered name, on its own default grid) at ``DEFAULT_NFE`` model
+calls is the library's default sampler (``solvers.default``; chosen in ``diffusekit.tuned``).
 """
 
 from .adaptive_ode import Dopri5
 from .ancestral import DDIM, DDPM
 from .base import SOLVERS, make_solver, register
+from ..tuned import DEFAULT_NFE, DEFAULT_SOLVER
 from .deis import DEIS
+from .default import UniPCLogSNR
 from .dpm_solver import (
     DPMSolver,
     DPMSolverAdaptive,
@@ -28,5 +32,6 @@ __all__ = [
     "DDIM", "DDPM", "DEIS", "IPNDM", "LMS", "PC", "PLMS", "SOLVERS", "AnnealedLangevin", "ClipX0", "DPMSolver",
     "DPMSolverAdaptive", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "DPMSolverPP3MSDE", "DPMSolverSDE",
     "Dopri5", "DynamicThreshold", "Euler", "EulerAncestral", "EulerMaruyama", "GaussianPC", "Heun", "LangevinCorrector",
-    "ReverseDiffusion", "UniPC", "make_solver", "make_thresholding", "register",
+    "ReverseDiffusion", "UniPC", "UniPCLogSNR", "DEFAULT_NFE", "DEFAULT_SOLVER", "make_solver", "make_thresholding",
+    "register",
 ]

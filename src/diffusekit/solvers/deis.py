@@ -63,6 +63,7 @@ class DEIS(Solver):
     stochastic = False
     nfe_per_step = 1
     default_grid = "tuned_lambda"
+    paper_grid = "quadratic_t"  # time-quadratic steps (Zhang & Chen 2023, sec. 5)
 
     def __post_init__(self) -> None:
         check_order(self.order, range(1, 4))

@@ -133,6 +133,7 @@ class DPMSolver(Solver):
     stochastic = False
     nfe_per_step = 1
     default_grid = "tuned_lambda"
+    paper_grid = "uniform_lambda"  # the 'logSNR' steps of Lu et al. 2022, sec. 3.3
 
     def __post_init__(self) -> None:
         check_order(self.order, range(1, 4))
@@ -282,6 +283,7 @@ class DPMSolverSDE(Solver):
     name = "dpm_solver_sde"
     nfe_per_step = 1
     default_grid = "uniform_lambda"
+    paper_grid = "karras"  # k-diffusion's sample_dpmpp_2m_sde / 3m_sde grid
 
     def __post_init__(self) -> None:
         check_order(self.order, range(1, 4))

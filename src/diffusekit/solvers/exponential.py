@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..sample import Step
+from ..tuned import FINAL_STEPS_MAX_ORDER, NOISE_FORM_MAX_H, SHORT_GRID_STEPS
 from .lagrange import lagrange_weights, unit_moments
 
 _SERIES_TERMS = 24
@@ -171,31 +172,25 @@ def lowered_order(
 ) -> int:
     """Multistep order for this step.
 
-    Warm-up uses the history it has. With ``lower_order_final`` a short grid (< 15
-    steps, DPM-Solver++'s threshold) uses order <= remaining steps (the clean jump
-    counts as one; Lu et al. 2022b, sec. 4 / reference code) and at most 2 over its
-    last three steps before the clean end: there the data prediction changes fastest
+    Warm-up uses the history it has. With ``lower_order_final`` a short grid (<
+    ``SHORT_GRID_STEPS`` = 15 steps, DPM-Solver++'s threshold) uses order <= remaining steps
+    (the clean jump counts as one; Lu et al. 2022b, sec. 4 / reference code) and at most 2
+    over its last three steps before the clean end (``FINAL_STEPS_MAX_ORDER``): there the data prediction changes fastest
     in lambda (each mode contracting to its own spread) and the long steps of a short
     grid make a third-order extrapolation overshoot (measured on the oracle: the
     within-mode spread at 8-10 steps goes from 1.2-1.8x to 0.93-0.98x of the truth).
     """
     k = min(order, available + 1)
-    if lower_order_final and n_steps < 15 and step.remaining is not None:
-        k = min(k, step.remaining, 2 if step.remaining <= 4 else k)
+    if lower_order_final and n_steps < SHORT_GRID_STEPS and step.remaining is not None:
+        last, capped = FINAL_STEPS_MAX_ORDER
+        k = min(k, step.remaining, capped if step.remaining <= last else k)
     return max(k, 1)
-
-
-NOISE_FORM_MAX_H = 3.0
-"""Noise-form steps longer than this in lambda are first order (DDIM): the noise form
-multiplies the error of its eps polynomial by sigma1 (e^h - 1) = alpha1 rho0 (1 - e^{-h}),
-huge from high noise (the instability that motivated DPM-Solver++, Lu et al. 2022b,
-sec. 3.1); on the oracle a 2-stage step from lambda = -10 to 0.5 otherwise reaches |x| ~ 1e7."""
 
 
 def final_step_order(final_order: int, n_steps: int, lower_order_final: bool) -> int:
     """Evaluations used by the clean-end step: ``final_order``, or 1 (the x0 jump) on
-    short grids (< 15 steps) with ``lower_order_final``."""
-    return 1 if lower_order_final and n_steps < 15 else final_order
+    short grids (< ``SHORT_GRID_STEPS`` = 15 steps) with ``lower_order_final``."""
+    return 1 if lower_order_final and n_steps < SHORT_GRID_STEPS else final_order
 
 
 def history_nodes(

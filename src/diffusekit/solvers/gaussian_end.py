@@ -78,12 +78,20 @@ class GaussianEnd(Solver):
         self.nfe_per_step = inner.nfe_per_step
         self.default_steps = inner.default_steps
         self.default_grid = "gaussian_lambda"
+        self.paper_grid = inner.paper_grid
 
     def __repr__(self) -> str:
         return f"GaussianEnd({self.inner!r})"
 
     def init_state(self, grid: Grid, schedule: NoiseSchedule) -> Any:
         return GaussianEndState(self.inner.init_state(grid, schedule), None)
+
+    def nfe(self, grid: Grid) -> int | None:
+        """The inner solver's calls before the clean end, and one for the Gaussian end."""
+        if not grid.ends_at_zero or grid.n_steps == 1:
+            return 1 if grid.ends_at_zero else self.inner.nfe(grid)
+        inner = self.inner.nfe(grid.slice(0, grid.n_steps - 1))
+        return None if inner is None else inner + 1
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         if step.to_zero:

@@ -41,6 +41,7 @@ from torch import Tensor
 from ..sample import Solver, Step, StepContext
 from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
+from ..tuned import GAUSSIAN_PC_ORDER, GAUSSIAN_PC_SIGMA_DATA
 from ..utils import check_positive_float
 from .base import register
 from .exponential import Node, check_order, ddim_limit, lincomb
@@ -109,14 +110,15 @@ class GaussianPC(Solver):
     corrector 3x / 7x / 3x.
     """
 
-    order: int = 4
+    order: int = GAUSSIAN_PC_ORDER
     corrector: bool = True
-    sigma_data: float = 1.0
+    sigma_data: float = GAUSSIAN_PC_SIGMA_DATA
     lower_order_final: bool = True
     name = "gaussian_pc"
     stochastic = False
     nfe_per_step = 1
     default_grid = "gaussian_lambda"
+    paper_grid = "gaussian_lambda"  # its own grid
 
     def __post_init__(self) -> None:
         check_order(self.order, range(2 if self.corrector else 1, 9))

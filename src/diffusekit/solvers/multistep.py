@@ -88,6 +88,7 @@ class IPNDM(Solver):
     name = "ipndm"
     nfe_per_step = 1
     default_grid = "tuned_warp"
+    paper_grid = "quadratic_t"  # time-quadratic steps (Zhang & Chen 2023)
 
     def __post_init__(self) -> None:
         _check_order("max_order", self.max_order)
@@ -192,6 +193,7 @@ class LMS(Solver):
     name = "lms"
     nfe_per_step = 1
     default_grid = "tuned_warp"
+    paper_grid = "karras"  # k-diffusion's sample_lms grid
 
     def __post_init__(self) -> None:
         _check_order("max_order", self.max_order)

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..parameterization import Prediction
 from ..sample import Solver, Step, StepContext
 from ..schedules.grids import Grid
+from ..tuned import HEUN_MAX_RATIO
 from .base import register
 
 
@@ -99,6 +100,7 @@ class Euler(_ChurnMixin, Solver):
     order = 1
     nfe_per_step = 1
     default_grid = "tuned_warp"
+    paper_grid = "karras"  # Karras et al. 2022, eq. 5
 
     def __post_init__(self) -> None:
         self._check_churn()
@@ -127,11 +129,12 @@ class Heun(_ChurnMixin, Solver):
     Alg. 1 at any step count. The returned error estimate is the correction itself (Heun - Euler).
     """
 
-    max_ratio: float = 10.0
+    max_ratio: float = HEUN_MAX_RATIO
     name = "heun"
     order = 2
     nfe_per_step = 2
     default_grid = "tuned_lambda"
+    paper_grid = "karras"  # Karras et al. 2022, eq. 5
 
     def __post_init__(self) -> None:
         self._check_churn()
@@ -181,6 +184,7 @@ class EulerAncestral(Solver):
     order = 1
     nfe_per_step = 1
     default_grid = "tuned_warp"
+    paper_grid = "karras"  # k-diffusion's sample_euler_ancestral grid
 
     def __post_init__(self) -> None:
         if not self.eta >= 0:

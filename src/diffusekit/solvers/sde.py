@@ -221,6 +221,7 @@ class AnnealedLangevin(Solver):
     order = 1
     stochastic = True
     default_grid = "uniform_lambda"
+    paper_grid = "uniform_lambda"  # geometric noise levels (Song & Ermon 2019)
 
     def __post_init__(self) -> None:
         check_positive_int("steps_each", self.steps_each)

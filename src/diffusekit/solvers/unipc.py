@@ -80,6 +80,7 @@ class UniPC(Solver):
     stochastic = False
     nfe_per_step = 1
     default_grid = "tuned_lambda"
+    paper_grid = "uniform_lambda"  # the 'logSNR' steps of Zhao et al. 2023 for pixel space
 
     def __post_init__(self) -> None:
         low = 2 if self.corrector else 1
