@@ -134,6 +134,7 @@ def test_class_and_cfg_refuse_bad_input(cond: Path, toy: Path) -> None:
     refused(["sample", str(cond), "--class", "-1"], cond, "got '-1'")
     refused(["sample", str(cond), "--class", "some"], cond, "got 'some'")
     refused(["sample", str(cond), "--class", "1", "--cfg", "-1"], cond, "'--cfg'", "-1.0 is not in the range x>=0")
+    refused(["sample", str(cond), "--class", "1", "--cfg", "inf"], cond, "scale must be a finite number >= 0, got inf")
     refused(["sample", str(cond), "--cfg", "2"], cond, "--cfg needs --class")
     refused(["sample", str(cond), "--class", "1", "--cfg-rescale", "0.5"], cond, "--cfg-rescale needs --cfg")
     refused(["sample", str(cond), "--class", "1", "--cfg-interval", "0,1"], cond, "--cfg-interval needs --cfg")
