@@ -281,6 +281,20 @@ def test_readme_own_data_commands_run(tmp_path: Path, monkeypatch: pytest.Monkey
     assert json.loads(Path("runs/my-images/run.json").read_text())["data_shape"] == [3, 32, 32]
 
 
+def test_readme_conditional_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `diffusekit` line of "Conditional models and guidance", with few steps and samples."""
+    monkeypatch.chdir(tmp_path)
+    commands = [line.split()[1:] for line in _readme_block("Conditional models and guidance", "bash").splitlines()
+                if line.startswith("diffusekit ")]
+    assert [c[0] for c in commands] == ["train", "sample", "sample", "sample"]
+    for args in commands:
+        extra = ["--set", "steps=2", "--quiet"] if args[0] == "train" else ["--n", "2", "--nfe", "2"]
+        code, text = run(*args, *extra)
+        assert code == 0, (args, text)
+    assert json.loads(Path("runs/digits-cond/run.json").read_text())["num_classes"] == 10
+    assert all(Path(name).is_file() for name in ("threes.png", "classes.png", "sevens.png"))
+
+
 @pytest.mark.parametrize("section", ["Thirty seconds of Python", "Hooks: wrappers, constraints, callbacks, partial grids"])
 def test_readme_python_snippet_prints_what_the_readme_says(section: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = _readme_block(section, "python")

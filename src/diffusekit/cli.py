@@ -128,23 +128,63 @@ def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) ->
     return path
 
 
+def _classes(which: str | None, num_classes: int, count: int) -> tuple[Any, list[str] | None]:
+    """``--class`` as (cond, row labels of the grid): K -> label K for every sample; ``all`` -> ``count``
+    samples of each class in turn (class y in rows y*count to (y+1)*count - 1)."""
+    import torch
+
+    if which is None:
+        return None, None
+    if which == "all":
+        return torch.arange(num_classes).repeat_interleave(count), [str(y) for y in range(num_classes)]
+    try:
+        label = int(which)
+    except ValueError:
+        label = -1
+    if not 0 <= label < num_classes:
+        raise ValueError(f"--class must be an integer from 0 to {num_classes - 1} or all (this run has "
+                         f"{num_classes} classes), got {which!r}")
+    return torch.full((count,), label), None
+
+
+def _interval(text: str | None) -> tuple[float, float] | None:
+    """``--cfg-interval lo,hi`` as two numbers (checked by the guidance itself)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--cfg-interval expects lo,hi (two numbers, sigma/alpha), got {text!r}") from None
+    return lo, hi
+
+
 @main.command()
 @click.argument("run_dir")
 @click.option("--solver", default=None, help="solver name (see `diffusekit solvers`)")
 @click.option("--nfe", type=NFE, default=None, help=f"model evaluations, 1 to {MAX_NFE:,}")
-@click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="number of samples")
+@click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="number of samples (per class with --class all)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--grid", default=None, help="step grid: a rule name, or 'paper' (each solver's paper grid); default: the solver's")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
+@click.option("--class", "which", default=None, metavar="K|all",
+              help="class-conditional runs: samples of class K, or all: --n of each class, one grid row per class")
+@click.option("--cfg", "scale", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale w (0 unconditional, 1 conditional, > 1 guided; needs --class)")
+@click.option("--cfg-interval", "interval", default=None, metavar="LO,HI",
+              help="guide only where LO < sigma/alpha <= HI (conditional elsewhere)")
+@click.option("--cfg-rescale", "rescale", type=click.FloatRange(0, 1), default=None,
+              help="rescale the guided x0 to the conditional one's std by this fraction phi")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-           options: tuple[str, ...], out: str | None) -> None:
-    """Sample from a trained run folder."""
+           options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
+           rescale: float | None, out: str | None) -> None:
+    """Sample from a trained run folder; class-conditional runs by class and with classifier-free guidance."""
     import numpy as np
 
     from .files import atomic_write
     from .image_grid import save_image_grid
-    from .pipeline import load_run, sample_denoiser
+    from .pipeline import class_count, guided_denoiser, load_run, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
 
@@ -153,20 +193,33 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
         run = load_run(run_dir)
         name = solver or run.config.sampling.solver
         grid_rule(make_solver(name, **opts), grid)
+        denoiser = run.denoiser
+        cond, rows = None, None
+        if which is not None:
+            cond, rows = _classes(which, class_count(run, "--class"), count)
+        if scale is not None:
+            class_count(run, "--cfg")
+            if which is None:
+                raise ValueError("--cfg needs --class (the class to guide towards)")
+            denoiser = guided_denoiser(run, scale, interval=_interval(interval), rescale=rescale or 0.0)
+        elif interval is not None or rescale is not None:
+            raise ValueError(f"{'--cfg-interval' if interval is not None else '--cfg-rescale'} needs --cfg")
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
-    sol = sample_denoiser(run.denoiser, run.info, name, nfe or run.config.sampling.nfe, count, seed=seed,
-                          grid=grid, progress=True, **opts)
+    total = count * len(rows) if rows else count
+    sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
+                          grid=grid, cond=cond, progress=True, **opts)
     if path.suffix.lower() == ".png":
-        save_image_grid(sol.x, path, nrow=int(count**0.5) or 1, scale=4)
+        save_image_grid(sol.x, path, nrow=count if rows else int(count**0.5) or 1, scale=4, row_labels=rows)
     else:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.save(f, sol.x.numpy())
 
         atomic_write(path, write)
-    click.echo(f"{count} samples with {name} ({sol.nfe} NFE) -> {path}")
+    guided = f", class {which}" + (f", CFG w={scale:g}" if scale is not None else "") if which is not None else ""
+    click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}) -> {path}")
 
 
 @main.command()

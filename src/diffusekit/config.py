@@ -26,9 +26,11 @@ from .tuned import DEFAULT_NFE, DEFAULT_SOLVER
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz)."""
+    """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz);
+    ``labels``: feed the data's class labels to the network (a class-conditional model)."""
 
     name: str = "digits"
+    labels: bool = False
     batch_size: int = 128
     flip: bool = False
     image_size: int | None = None
@@ -38,22 +40,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network family (``unet`` or ``mlp``), size preset (tiny/small/base) and class conditioning."""
+    """Network family (``unet`` or ``mlp``) and size preset (tiny/small/base)."""
 
     kind: str = "unet"
     preset: str = "tiny"
-    class_conditional: bool = False
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The process and the loss: schedule, parameterization, p(t) and w(lambda), chosen independently."""
+    """The process and the loss: schedule, parameterization, p(t) and w(lambda), chosen independently.
+
+    ``p_uncond``: with ``data.labels``, the probability that a training label is replaced by the null
+    label, so one network is conditional and unconditional (Ho & Salimans 2022, sec. 3.2, joint training).
+    """
 
     schedule: str = "edm"
     parameterization: str = "edm"
     time_sampling: str = "lognormal"
     weighting: str = "edm"
-    label_dropout: float = 0.0
+    p_uncond: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        """Build and :func:`check_config` a config from nested dicts."""
-        return check_config(_build(cls, d, "config"))
+        """Build and :func:`check_config` a config from nested dicts (older keys translated, see :func:`_upgrade`)."""
+        return check_config(_build(cls, _upgrade(d), "config"))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
@@ -140,6 +145,23 @@ class RunConfig:
                 target = target.setdefault(p, {})
             target[parts[-1]] = parse_value(raw.strip())
         return RunConfig.from_dict(d)
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """Translate the keys of configs written before ``data.labels``: ``model.class_conditional`` became
+    ``data.labels`` and ``diffusion.label_dropout`` ``diffusion.p_uncond`` (dropped when it had no effect)."""
+    model, diffusion = d.get("model"), d.get("diffusion")
+    if not (isinstance(model, dict) and "class_conditional" in model) and not (
+            isinstance(diffusion, dict) and "label_dropout" in diffusion):
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    labels = d.get("model", {}).pop("class_conditional", False)
+    dropout = d.get("diffusion", {}).pop("label_dropout", None)
+    if labels:
+        d.setdefault("data", {})["labels"] = labels
+        if dropout is not None:
+            d["diffusion"]["p_uncond"] = dropout
+    return d
 
 
 def parse_value(raw: str) -> Any:
@@ -198,13 +220,13 @@ def _name(none: bool = False) -> tuple[Callable[[Any], bool], str]:
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": _name(), "steps": _integer(1), "seed": _integer(0), "log_every": _integer(1),
     "checkpoint_every": _integer(1), "keep_checkpoints": _integer(1), "sample_every": _integer(1, none=True),
-    "data.name": _name(), "data.batch_size": _integer(1), "data.flip": _FLAG,
+    "data.name": _name(), "data.labels": _FLAG, "data.batch_size": _integer(1), "data.flip": _FLAG,
     "data.image_size": _integer(1, none=True), "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool),
                                                                  "1 or 3 (or left out)"),
     "data.num_samples": _integer(1),
-    "model.kind": _one_of("unet", "mlp"), "model.preset": _name(), "model.class_conditional": _FLAG,
+    "model.kind": _one_of("unet", "mlp"), "model.preset": _name(),
     "diffusion.schedule": _name(), "diffusion.parameterization": _name(), "diffusion.time_sampling": _name(),
-    "diffusion.weighting": _name(), "diffusion.label_dropout": _number(0.0, 1.0, lo_open=False),
+    "diffusion.weighting": _name(), "diffusion.p_uncond": _number(0.0, 1.0, lo_open=False),
     "optim.lr": _number(0.0), "optim.weight_decay": _number(0.0, lo_open=False), "optim.warmup_steps": _integer(0),
     "optim.lr_schedule": _one_of("constant", "cosine"), "optim.grad_clip": _number(0.0),
     "optim.ema_half_life": _number(0.0), "optim.bf16": _FLAG,

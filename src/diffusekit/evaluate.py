@@ -388,7 +388,7 @@ def evaluate_run(
     names = default_metrics(data) if metrics is None else parse_metrics(metrics, data)
     solver = solver or run.config.sampling.solver
     nfe = nfe or run.config.sampling.nfe
-    num_classes = run.info.num_classes if run.config.model.class_conditional else None
+    num_classes = run.info.num_classes if run.config.data.labels else None
     result: dict[str, Any] = {
         "run": str(run_dir), "checkpoint_step": run.meta.get("step"), "metrics_requested": names,
         "data": {"dataset": data.dataset, "source": data.source, "held_out": data.held_out, "n": int(data.x.shape[0]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,25 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     return grid.permute(1, 2, 0).numpy()
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike[str], nrow: int = 8, padding: int = 2, scale: int = 1) -> Path:
-    """Save (N, C, H, W) images in [-1, 1] as a PNG grid with ``nrow`` images per row (``scale``: pixel repeat)."""
-    from PIL import Image
+def save_image_grid(images: Tensor, path: str | os.PathLike[str], nrow: int = 8, padding: int = 2, scale: int = 1,
+                    row_labels: Sequence[str] | None = None) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as a PNG grid with ``nrow`` images per row (``scale``: pixel repeat);
+    ``row_labels``: a text per row, written in a margin left of it (e.g. the class of each row)."""
+    from PIL import Image, ImageDraw
 
     arr = image_grid(images, nrow, padding)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # uint8: mode L or RGB
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if row_labels:
+        row_height = (img.height - padding * scale) / math.ceil(images.shape[0] / max(1, min(nrow, images.shape[0])))
+        margin = 8 + 7 * max(len(text) for text in row_labels)
+        labelled = Image.new(img.mode, (img.width + margin, img.height))
+        labelled.paste(img, (margin, 0))
+        draw = ImageDraw.Draw(labelled)
+        for i, text in enumerate(row_labels):
+            draw.text((4, padding * scale + (i + 0.5) * row_height - 6), text, fill=255 if img.mode == "L" else (255,) * 3)
+        img = labelled
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .config import RunConfig, check_config
 from .data import ArrayLoader, load_dataset
 from .data.toys import TOY_NAMES
-from .denoiser import Denoiser
+from .denoiser import Denoiser, DenoiserLike
 from .files import atomic_write_text, remove_orphan_temp_files
 from .image_grid import save_image_grid
 from .losses import DSMLoss
@@ -78,7 +78,7 @@ def run_meta(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
     """What a checkpoint records about the run it belongs to, checked again whenever it is loaded."""
     return {
         "model.kind": cfg.model.kind, "model.preset": cfg.model.preset,
-        "model.class_conditional": cfg.model.class_conditional, "diffusion.schedule": cfg.diffusion.schedule,
+        "data.labels": cfg.data.labels, "diffusion.schedule": cfg.diffusion.schedule,
         "diffusion.parameterization": cfg.diffusion.parameterization, "data_shape": list(info.data_shape),
         "num_classes": info.num_classes,
     }
@@ -138,7 +138,7 @@ def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
 
 
 def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
-    num_classes = info.num_classes if cfg.model.class_conditional else None
+    num_classes = info.num_classes if cfg.data.labels else None
     if cfg.model.kind == "unet":
         if len(info.data_shape) != 3:
             raise ValueError(f"the unet model needs image data (C, H, W), got shape {info.data_shape}; use model.kind=mlp")
@@ -204,19 +204,22 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
             )
     torch.manual_seed(cfg.seed)
     x, y = load_training_data(cfg)
+    if cfg.data.labels and y is None:
+        raise ValueError(f"data.labels = true needs class labels, but {cfg.data.name} has none; allowed: digits, fashion, "
+                         "mnist5k, mnist, a folder of class sub-folders, an .npz with \"y\", a .csv with a \"label\" column")
     info = RunInfo(tuple(x.shape[1:]), int(y.max()) + 1 if y is not None else None)
     if has_ckpt and old_info is not None and old_info != info:
         raise ValueError(f"{run} was trained on data of shape {old_info.data_shape} with {old_info.num_classes} classes; "
                          f"{cfg.data.name} gives {info.data_shape} with {info.num_classes}; choose another --out")
     denoiser = build_denoiser(cfg, info)
-    conditional = cfg.model.class_conditional and y is not None
-    loader = ArrayLoader(x, y if conditional else None, batch_size=cfg.data.batch_size, seed=cfg.seed, flip=cfg.data.flip)
+    loader = ArrayLoader(x, y if cfg.data.labels else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
+                         flip=cfg.data.flip)
     dc = cfg.diffusion
-    loss = DSMLoss(
+    loss = DSMLoss(  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)
         weighting=dc.weighting,
         time=dc.time_sampling,
-        label_dropout=dc.label_dropout,
-        null_label=info.num_classes if conditional and dc.label_dropout > 0 else None,
+        label_dropout=dc.p_uncond if cfg.data.labels else 0.0,
+        null_label=info.num_classes if cfg.data.labels else None,
     )
     oc = cfg.optim
     tcfg = TrainConfig(
@@ -310,8 +313,33 @@ def load_run(run_dir: str | Path, which: str = "ema", report: Report = to_stderr
     return LoadedRun(denoiser, cfg, info, ckpt.meta)
 
 
+def class_count(run: LoadedRun, option: str) -> int:
+    """The number of classes of a class-conditional run (trained with ``data.labels = true``); ``option``
+    names what needs it in the error for any other run."""
+    if not run.config.data.labels or run.info.num_classes is None:
+        raise ValueError(f"{option} needs a class-conditional run (trained with data.labels = true); this run is "
+                         "unconditional")
+    return run.info.num_classes
+
+
+def guided_denoiser(run: LoadedRun, scale: float, *, interval: tuple[float, float] | None = None,
+                    rescale: float = 0.0) -> DenoiserLike:
+    """Classifier-free guidance with scale ``scale`` (0 unconditional, 1 conditional; Ho & Salimans 2022)
+    of a class-conditional run, its null label being ``num_classes``. ``scale`` = 1 without an interval
+    or rescaling is the conditional denoiser itself (one network call per step instead of two)."""
+    from .guidance import ClassifierFreeGuidance
+
+    class_count(run, "classifier-free guidance")
+    if run.config.diffusion.p_uncond == 0 and scale != 1:
+        raise ValueError(f"this run was trained with diffusion.p_uncond = 0, so it has no unconditional model; "
+                         f"allowed: guidance scale 1 (the conditional model), got {scale!r}")
+    if scale == 1 and interval is None and not rescale:
+        return run.denoiser
+    return ClassifierFreeGuidance(run.denoiser, scale, interval=interval, rescale=rescale)
+
+
 def sample_denoiser(
-    denoiser: Denoiser,
+    denoiser: DenoiserLike,
     info: RunInfo,
     solver_name: str,
     nfe: int,
