@@ -216,3 +216,21 @@ def test_ode_edit_round_trip_and_class_translation() -> None:
     assert float((back - ref).abs().max()) < 2e-2  # the solver's round-trip error
     moved = ode_edit(gm, ref, 0.7, "heun", 30, cond=0, target_cond=1)
     assert float((gm.class_log_prob(moved).argmax(1) == 1).float().mean()) > 0.95
+
+
+def test_bad_input_is_refused_with_the_value() -> None:
+    gm = prior()
+    with pytest.raises(ValueError, match=r"\(M, 4\)"):
+        gm.measurement_posterior(torch.zeros(2, 3), torch.zeros(2), 0.1)
+    with pytest.raises(ValueError, match="noise_std"):
+        gm.measurement_posterior(torch.eye(4), torch.zeros(4), -1.0)
+    with pytest.raises(ValueError, match="keep"):
+        Mask(torch.ones(SHAPE))
+    with pytest.raises(ValueError, match="keep_fraction"):
+        Mask.random(SHAPE, 1.5)
+    with pytest.raises(ValueError, match="jump_length=5"):
+        repaint_times(5, 5, 2)
+    with pytest.raises(ValueError, match="zeta"):
+        DPS(gm, corner_mask(), torch.zeros(1), zeta=0.0)
+    with pytest.raises(ValueError, match="size"):
+        GaussianBlur(1.0, (4, 4))(torch.zeros(1, 1, 2, 2))
