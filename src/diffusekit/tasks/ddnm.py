@@ -1,7 +1,7 @@
 """DDNM: zero-shot restoration by range-null space decomposition (Wang et al. 2023, ICLR).
 
 Every data prediction is corrected to be consistent with the measurement,
-x0 <- A^+ y + (I - A^+ A) x0_hat (eq. 13 and Algorithm 1), and the solver continues from the
+x0 <- A^+ y + (I - A^+ A) x0_hat (sec. 3.1 and Algorithm 1), and the solver continues from the
 corrected prediction. Any solver whose last step returns its data prediction (DDPM, DDIM,
 DPM-Solver++ and the other clean-end steps) therefore ends exactly on {A x = A A^+ y}, i.e.
 on A x = y when y is in A's range. The measurement is taken as noiseless (DDNM+'s noise

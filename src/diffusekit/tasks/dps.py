@@ -6,7 +6,7 @@ measurement error of the denoised estimate,
     x_{t1} = x'_{t1} - zeta grad_{x_t0} ||y - A x0_hat(x_t0)||,
 
 which is Algorithm 1's zeta_i grad ||y - A x0_hat||^2 with zeta_i = zeta' / ||y - A x0_hat||
-(zeta = 2 zeta'; the step normalisation of sec. 4 / app. C). The gradient runs through the
+(zeta = 2 zeta'). The gradient runs through the
 denoiser (``torch.enable_grad`` on a detached x inside the no-grad loop, as ``EnergyGuidance``).
 
 DPS is approximate: it replaces p(y | x_t) by p(y | E[x0 | x_t]) and takes one fixed-size

@@ -1,7 +1,7 @@
 """SDEdit (Meng et al. 2022): image-to-image by noising a reference to t0 and denoising from there.
 
 ``sdedit`` perturbs the reference with the exact forward kernel, x_t0 = alpha(t0) x_ref +
-sigma(t0) eps (sec. 3, eq. 3 and Algorithm 1 for VP and VE), and runs any solver on a grid that
+sigma(t0) eps (sec. 3), and runs any solver on a grid that
 starts at t0: t0 trades faithfulness to the reference (small t0) for realism (large t0).
 ``ode_edit`` is the deterministic variant: encode the reference to t0 with the probability-flow
 ODE (``inversion.invert``) and decode it, possibly under another condition (DDIB, Su et al.

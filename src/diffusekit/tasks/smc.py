@@ -1,5 +1,5 @@
 """Twisted sequential Monte Carlo for linear inverse problems: an asymptotically exact posterior
-sampler on the sampling loop (Wu et al. 2023, TDS, sec. 3; the twisting of Cardoso et al. 2024).
+sampler on the sampling loop (Wu et al. 2023, twisted diffusion sampler, sec. 3).
 
 The batch is a population of particles for one measurement y = A x0 + N(0, s^2 I). The solver's
 own transitions propose (the bootstrap form of TDS, no gradient: any stochastic solver), and the
@@ -7,7 +7,7 @@ particles are weighted by the twisting functions
 
     p~_t(y | x_t) = N(y; A x0_hat(x_t), (s^2 + r_t^2) I),   r_t^2 = v sigma^2 / (v alpha^2 + sigma^2)
 
-(PiGDM's r_t, Song et al. 2023, eq. 8, for data variance v), with p~_0(y | x0) = N(y; A x0, s^2 I)
+(PiGDM's r_t^2 = s^2 / (1 + s^2) at s = sigma / alpha, Song et al. 2023, for data variance v), with p~_0(y | x0) = N(y; A x0, s^2 I)
 the exact likelihood at the clean end. The incremental weights p~_t1(x_t1) / p~_t0(x_t0)
 telescope to p(y | x0), so the weighted particles target p_model(x0) p(y | x0) / p(y): the
 exact posterior of the sampler's model, for any twisting, as the particle count grows. The
@@ -40,7 +40,7 @@ class TwistedSMC:
     """Constraint holding the particle weights of one ``sample`` run (``sample(..., constraints=[smc])``;
     every batch row is a particle for the same ``y``). Reusable: the state resets at the clean end.
 
-    ``ess_history`` collects the effective sample size (a (1,) tensor) after every step's weighting.
+    ``ess_history`` holds the effective sample size (a (1,) tensor) after every step of the last run.
     """
 
     def __init__(
@@ -70,8 +70,9 @@ class TwistedSMC:
         return -0.5 * (resid.pow(2).sum(1) / var + resid.shape[1] * torch.log(2 * math.pi * var))
 
     def _reweight(self, log_twist: Tensor) -> None:
-        if self._log_w is None or self._log_twist is None:
+        if self._log_w is None or self._log_twist is None:  # a new run
             self._log_w, self._log_twist = torch.zeros_like(log_twist), torch.zeros_like(log_twist)
+            self.ess_history = []
         self._log_w = self._log_w + log_twist - self._log_twist
         self._log_twist = log_twist
 
