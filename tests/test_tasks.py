@@ -234,3 +234,7 @@ def test_bad_input_is_refused_with_the_value() -> None:
         DPS(gm, corner_mask(), torch.zeros(1), zeta=0.0)
     with pytest.raises(ValueError, match="size"):
         GaussianBlur(1.0, (4, 4))(torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="cutoff"):
+        GaussianBlur(1.0, (4, 4), cutoff=1.0)
+    with pytest.raises(ValueError, match="factor 2"):
+        AvgPool(2)(torch.zeros(1, 1, 3, 4))

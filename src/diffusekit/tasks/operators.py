@@ -93,6 +93,8 @@ class AvgPool(LinearOperator):
         self.factor = check_positive_int("factor", factor)
 
     def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the pooling factor {self.factor}")
         return F.avg_pool2d(x, self.factor)
 
     def T(self, y: Tensor) -> Tensor:  # noqa: N802
@@ -115,6 +117,8 @@ class GaussianBlur(LinearOperator):
         if len(size) != 2:
             raise ValueError(f"size must be the image's (H, W), got {tuple(size)}")
         h, w = (check_positive_int("size", int(v)) for v in size)
+        if not 0 <= cutoff < 1:
+            raise ValueError(f"cutoff must be in [0, 1) (a fraction of the largest frequency response), got {cutoff!r}")
         # the transfer function of the separable kernel exp(-r^2 / 2 std^2) at circular pixel offsets
         ky = torch.fft.fft(torch.exp(-0.5 * (torch.fft.fftfreq(h, 1 / h, dtype=torch.float64) / std) ** 2)).real
         kx = torch.fft.rfft(torch.exp(-0.5 * (torch.fft.fftfreq(w, 1 / w, dtype=torch.float64) / std) ** 2)).real
