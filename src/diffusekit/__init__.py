@@ -29,6 +29,7 @@ from .schedules import (
 )
 from .solvers import DDIM, DDPM, SOLVERS, make_solver
 from .stepping import Constraint, Solver, Step, StepContext
+from . import tasks
 
 __version__ = "0.1.0"
 
@@ -38,5 +39,5 @@ __all__ = [
     "DDIM", "DDPM", "Constraint", "Denoiser", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",
-    "make_schedule", "make_solver", "sample", "discrete_time_denoiser", "noise_level_of_c_noise",
+    "make_schedule", "make_solver", "sample", "discrete_time_denoiser", "noise_level_of_c_noise", "tasks",
 ]

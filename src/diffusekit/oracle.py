@@ -285,3 +285,113 @@ class GaussianMixture(Denoiser):
             raise RuntimeError(f"reference ODE solve failed: {sol.message}")
         out = torch.from_numpy(sol.y[:, -1]).reshape(b, -1) * r1
         return out.reshape(shape).to(x_start.device)
+
+    # ---- exact posterior of a linear Gaussian measurement ---------------------
+    def covariances(self) -> Tensor:
+        """The components' covariance matrices (K, D, D), float64: Q diag(s_k^2) Q^T under a rotation."""
+        c = torch.diag_embed(self.variances)
+        return c if self.rotation is None else self.rotation @ c @ self.rotation.T
+
+    def measurement_posterior(self, matrix: Tensor, y: Tensor, noise_std: float = 0.0) -> "MixturePosterior":
+        """The exact posterior p(x0 | y) for y = A x0 + n, n ~ N(0, noise_std^2 I).
+
+        ``matrix`` A is (M, D) (``tasks.LinearOperator.matrix`` builds it from an operator),
+        ``y`` one measurement (M,). ``noise_std`` = 0 (exact inpainting, a noiseless
+        projection) needs A of full row rank. See ``MixturePosterior``.
+        """
+        return MixturePosterior.of(self, matrix, y, noise_std)
+
+
+class MixturePosterior:
+    """A Gaussian mixture posterior: the exact p(x0 | y) of a Gaussian-mixture prior and a linear
+    Gaussian measurement y = A x0 + n, n ~ N(0, s^2 I) (Bayes' rule in closed form).
+
+    Per component k (prior N(mu_k, S_k), weight w_k), with C_k = A S_k A^T + s^2 I and the
+    Kalman gain G_k = S_k A^T C_k^-1 (Bishop 2006, eq. 2.113-2.117; Murphy 2012, sec. 4.4):
+
+        w_k' ∝ w_k N(y; A mu_k, C_k),   m_k = mu_k + G_k (y - A mu_k),   P_k = S_k - G_k A S_k,
+
+    P_k = (S_k^-1 + A^T A / s^2)^-1 when s > 0. With s = 0 every P_k is singular on the
+    row space of A (the posterior lives on the affine set {A x = y}): ``log_prob`` is then the
+    density on that set (w.r.t. its Lebesgue measure), evaluated at a point's projection onto
+    it, and ``sample`` draws on it. All numbers are float64 on the prior's device.
+    """
+
+    def __init__(self, log_weights: Tensor, means: Tensor, covariances: Tensor, rank: int, log_evidence: Tensor) -> None:
+        self.log_weights, self.means, self.covariances = log_weights, means, covariances
+        self.log_evidence = log_evidence  # log p(y)
+        evals, evecs = torch.linalg.eigh(covariances)  # ascending; the null directions first
+        self._evals = evals[:, -rank:].clamp(min=1e-300)  # (K, r)
+        self._evecs = evecs[:, :, -rank:]  # (K, D, r)
+        self.rank = rank
+
+    @classmethod
+    def of(cls, prior: GaussianMixture, matrix: Tensor, y: Tensor, noise_std: float = 0.0) -> "MixturePosterior":
+        """Bayes' rule for ``prior`` and y = A x0 + N(0, noise_std^2 I) (see the class)."""
+        dev = prior.means.device
+        a = torch.as_tensor(matrix, dtype=torch.float64, device=dev)
+        y = torch.as_tensor(y, dtype=torch.float64, device=dev).flatten()
+        if a.ndim != 2 or a.shape[1] != prior.dim or y.shape != (a.shape[0],):
+            raise ValueError(f"need A of shape (M, {prior.dim}) and y of shape (M,), got {tuple(a.shape)} and {tuple(y.shape)}")
+        if not (isinstance(noise_std, int | float) and 0 <= noise_std < math.inf):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        s = prior.covariances()  # (K, D, D)
+        sa = s @ a.T  # (K, D, M)
+        c = a @ sa + noise_std**2 * torch.eye(a.shape[0], dtype=torch.float64, device=dev)  # (K, M, M)
+        chol, info = torch.linalg.cholesky_ex(c)
+        if bool((info != 0).any()):
+            raise ValueError("A S A^T + s^2 I is singular: with noise_std = 0, A must have full row rank")
+        resid = y - prior.means @ a.T  # (K, M)
+        white = torch.linalg.solve_triangular(chol, resid[..., None], upper=False)[..., 0]
+        log_n = -0.5 * (white.pow(2).sum(-1) + a.shape[0] * math.log(2 * math.pi)) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        joint = prior.log_weights + log_n
+        evidence = joint.logsumexp(0)
+        gain_t = torch.cholesky_solve(sa.transpose(1, 2), chol)  # G_k^T = C_k^-1 A S_k, (K, M, D)
+        means = prior.means + (gain_t.transpose(1, 2) @ resid[..., None])[..., 0]
+        cov = s - sa @ gain_t
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        rank = prior.dim if noise_std > 0 else prior.dim - a.shape[0]
+        return cls(joint - evidence, means, cov, rank, evidence)
+
+    @property
+    def weights(self) -> Tensor:
+        """The posterior mode weights p(k | y) (K,)."""
+        return self.log_weights.exp()
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """log w_k' + log N(x; m_k, P_k) for flat x (B, D) -> (B, K) (on the support when s = 0)."""
+        diff = x.double().flatten(1).to(self.means.device)[:, None, :] - self.means  # (B, K, D)
+        proj = torch.einsum("bkd,kdr->bkr", diff, self._evecs)
+        quad = (proj.pow(2) / self._evals).sum(-1)
+        log_det = self._evals.log().sum(-1)
+        return self.log_weights - 0.5 * (quad + log_det + self.rank * math.log(2 * math.pi))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log p(x | y) (B,) for x of any shape (B, ...)."""
+        return self.component_log_prob(x).logsumexp(1)
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """p(k | x, y) (B, K): which posterior mode a point belongs to."""
+        return self.component_log_prob(x).softmax(1)
+
+    def mean(self) -> Tensor:
+        """E[x0 | y] (D,)."""
+        return self.weights @ self.means
+
+    def covariance(self) -> Tensor:
+        """Cov[x0 | y] (D, D), by the law of total covariance."""
+        w = self.weights
+        centred = self.means - self.mean()
+        return (w[:, None, None] * (self.covariances + centred[:, :, None] * centred[:, None, :])).sum(0)
+
+    def sample(self, n: int, seed: int = 0) -> Tensor:
+        """n exact draws (n, D), float64."""
+        g = torch.Generator().manual_seed(seed)
+        comp = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=g).to(self.means.device)
+        z = torch.randn(n, self.rank, generator=g, dtype=torch.float64).to(self.means.device)
+        scale = self._evecs[comp] * self._evals[comp].sqrt()[:, None, :]  # (n, D, r)
+        return self.means[comp] + (scale @ z[..., None])[..., 0]
