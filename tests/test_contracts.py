@@ -266,14 +266,14 @@ def test_the_declared_nfe_is_the_nfe_used(name: str) -> None:
     solver = dk.make_solver(name.removesuffix("+end"), **({"end": "gaussian"} if name.endswith("+end") else {}))
     for schedule in all_schedules().values():
         den = smooth_mixture(schedule, dim=2)
-        for n in (1, 2, 3, 5, 10):
+        for n in (1, 2, 3, 5, 10, 21):
             try:
                 grid = dk.make_grid(solver.default_grid, schedule, n)
                 sol = dk.sample(den, solver, shape=(2,), batch=2, grid=grid, progress=False)
             except ValueError:
                 continue  # refused (e.g. too few steps for the solver's warm-up): refusals are tested elsewhere
             assert sol.nfe == solver.nfe(grid), (schedule, n)
-        for budget in (4, 7, 10):
+        for budget in (4, 7, 10, 30):
             n = steps_for_nfe(solver, schedule, budget)
             assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n)) <= budget or n == 1
             assert solver.nfe(dk.make_grid(solver.default_grid, schedule, n + 1)) > budget

@@ -139,6 +139,19 @@ class PLMS(Solver):
     def init_state(self, grid: Grid, schedule: NoiseSchedule) -> History:
         return ()
 
+    def nfe(self, grid: Grid) -> int:
+        """One call per step, four on a PRK warm-up step (decided as ``step`` decides)."""
+        t, a, sg = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
+        calls, depth, n = 0, 0, grid.n_steps
+        for i in range(n):
+            st = Step(i, t[i], t[i + 1], a[i], sg[i], a[i + 1], sg[i + 1], n - i)
+            if _euler_only(st):
+                calls, depth = calls + 1, 0
+                continue
+            calls += 4 if self._use_prk(st, (None,) * depth) else 1  # type: ignore[arg-type]
+            depth = min(depth + 1, 3)
+        return calls
+
     def _use_prk(self, step: Step, history: History) -> bool:
         if len(history) >= 3 or step.sigma1 == 0.0 or _euler_only(step):
             return False
