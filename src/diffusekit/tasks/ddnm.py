@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..sample import Step, StepContext
+from ..stepping import Step, StepContext
 from .operators import LinearOperator
 
 

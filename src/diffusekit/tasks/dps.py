@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..denoiser import Cond, DenoiserLike, DenoiserWrapper
 from ..parameterization import Prediction
-from ..sample import Step, StepContext
+from ..stepping import Step, StepContext
 from ..utils import check_positive_float
 from .operators import LinearOperator
 

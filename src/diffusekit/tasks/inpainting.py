@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..sample import Step, StepContext
 from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid, make_grid
+from ..stepping import Step, StepContext
 from ..utils import check_positive_int
 from .operators import LinearOperator
 

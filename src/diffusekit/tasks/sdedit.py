@@ -17,9 +17,10 @@ from torch import Tensor
 from ..denoiser import Cond, Denoiser, DenoiserLike
 from ..inversion import invert, reconstruct
 from ..noise import NoiseSource
-from ..sample import Constraint, Solution, Solver, sample
+from ..sample import Solution, sample
 from ..schedules.grids import make_grid
 from ..solvers.base import make_solver
+from ..stepping import Constraint, Solver
 
 
 def sdedit(

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..sample import Step, StepContext
+from ..stepping import Step, StepContext
 from ..utils import check_positive_float
 from .operators import LinearOperator
 
