@@ -149,7 +149,8 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction:
         c, c_noise, alpha, sigma = self.precondition(x, t)
-        f = self.network(c.c_in * x, c_noise, cond)
+        x_in = x if isinstance(c.c_in, float) and c.c_in == 1.0 else c.c_in * x  # no copy for c_in = 1
+        f = self.network(x_in, c_noise, cond)
         if not isinstance(alpha, Tensor):  # one shared time: 0-d coefficients in x's dtype
             alpha, sigma = x.new_tensor(alpha), x.new_tensor(sigma)
         return Prediction(x, alpha, sigma, raw=(f, c))

@@ -58,7 +58,7 @@ class Prediction:
         if self._x0 is None:
             if self._raw is not None:
                 f, c = self._raw
-                self._x0 = c.c_skip * self.x_t + c.c_out * f
+                self._x0 = _affine(c.c_skip, self.x_t, c.c_out, f)
             else:
                 self._x0 = (self.x_t - self.sigma * self._eps) / self.alpha
         return self._x0
@@ -69,7 +69,7 @@ class Prediction:
         if self._eps is None:
             if self._raw is not None:
                 f, c = self._raw
-                self._eps = c.e_skip * self.x_t + c.e_out * f
+                self._eps = _affine(c.e_skip, self.x_t, c.e_out, f)
             else:
                 self._eps = (self.x_t - self.alpha * self._x0) / self.sigma
         return self._eps
@@ -98,6 +98,15 @@ class Prediction:
 
     def __repr__(self) -> str:
         return f"Prediction(shape={tuple(self.x_t.shape)}, dtype={self.x_t.dtype})"
+
+
+def _affine(a: Tensor | float, x: Tensor, b: Tensor | float, f: Tensor) -> Tensor:
+    """a x + b f; with number coefficients (one shared time) one new tensor and two passes."""
+    if isinstance(a, float) and isinstance(b, float):
+        if a == 0.0:
+            return f * b
+        return torch.add(x, f, alpha=b) if a == 1.0 else (x * a).add_(f, alpha=b)
+    return a * x + b * f
 
 
 class Coefficients(NamedTuple):

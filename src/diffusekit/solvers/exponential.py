@@ -153,6 +153,22 @@ def exp_update(
     drift (the caller adds the noise). ``g1`` overrides the first-derivative moment
     (UniPC's B(h) variants).
     """
+    scale, coeffs = exp_weights(a0, s0, a1, s1, h, nodes, data, eta, g1)
+    return lincomb(x, scale, coeffs, outputs)
+
+
+def exp_weights(
+    a0: float,
+    s0: float,
+    a1: float,
+    s1: float,
+    h: float,
+    nodes: list[float],
+    data: bool,
+    eta: float = 0.0,
+    g1: float | None = None,
+) -> tuple[float, list[float]]:
+    """``exp_update``'s step as numbers: x1 = scale x0 + sum_j coeffs[j] outputs[j]."""
     if data:
         zh = (1.0 + eta) * h
         scale = s1 / s0 * (math.exp(-eta * h) if eta else 1.0)
@@ -167,7 +183,7 @@ def exp_update(
     if g1 is not None and len(g) > 1:
         g[1] = g1
     beta = lagrange_weights(nodes, g)
-    return lincomb(x, scale, [c * b for b in beta], outputs)
+    return scale, [c * b for b in beta]
 
 
 def ddim_limit(step: Step, pred: Prediction) -> Tensor:

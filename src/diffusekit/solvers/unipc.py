@@ -24,12 +24,12 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..parameterization import Prediction
-from ..stepping import Solver, Step, StepContext
 from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
+from ..stepping import Solver, Step, StepContext
 from .base import register
 from .exponential import NOISE_FORM_MAX_H, Node, check_form, check_order, clean_end, ddim_limit, exp_moments
-from .exponential import exp_update, final_step_order, history_nodes, lincomb, lowered_order
+from .exponential import exp_update, exp_weights, final_step_order, history_nodes, lincomb, lowered_order
 from .lagrange import lagrange_weights
 
 
@@ -113,10 +113,11 @@ class UniPC(Solver):
             g[1] = fixed_g1(h, data, self.variant)
         return lagrange_weights(nodes, g)
 
-    def _correct(
-        self, x: Tensor, step: Step, pred: Prediction, state: UniPCState
-    ) -> Tensor:
-        """UniC: x_t^c = x~_t + c_t sum_j (beta^C_j - beta^P_j) M_j over the step s -> t."""
+    def _correction(
+        self, step: Step, pred: Prediction, state: UniPCState
+    ) -> tuple[list[float], list[Tensor]]:
+        """UniC: x_t^c = x~_t + c_t sum_j (beta^C_j - beta^P_j) M_j over the step s -> t, as
+        (coefficients, outputs), so the predictor can take it in the same pass."""
         lam_s, k = state.prev  # type: ignore[misc]
         data = self.form == "data"
         h = step.lam0 - lam_s
@@ -125,7 +126,7 @@ class UniPC(Solver):
         beta_c = self._weights(nodes + [1.0], h, data)
         c = step.alpha0 if data else -step.sigma0
         coeffs = [c * (bc - bp) for bc, bp in zip(beta_c, beta_p)] + [c * beta_c[-1]]
-        return lincomb(x, 1.0, coeffs, outs + [pred.x0 if data else pred.eps])
+        return coeffs, outs + [pred.x0 if data else pred.eps]
 
     def step(
         self, ctx: StepContext, x: Tensor, step: Step, state: Any
@@ -133,15 +134,16 @@ class UniPC(Solver):
         pred = ctx.model(x, step.t0)
         if step.alpha0 == 0.0:
             return ddim_limit(step, pred), UniPCState((), state.n_steps, None)
+        correction: tuple[list[float], list[Tensor]] = ([], [])
         if self.corrector and state.prev is not None:
-            x = self._correct(x, step, pred, state)
+            correction = self._correction(step, pred, state)
         lam0 = step.lam0
         hist = (Node.of(pred, lam0),) + state.hist[: max(self.order, self.final_order)]
         if step.to_zero:
             k = final_step_order(
                 self.final_order, state.n_steps, self.lower_order_final
             )
-            return clean_end(x, step, hist, k), state
+            return clean_end(_corrected(x, correction), step, hist, k), state
         h = step.lam1 - lam0
         k = lowered_order(
             self.predictor_order,
@@ -155,7 +157,7 @@ class UniPC(Solver):
             not data and h > NOISE_FORM_MAX_H
         ):  # first order, and no corrector over this step
             x_next = exp_update(
-                x,
+                _corrected(x, correction),
                 step.alpha0,
                 step.sigma0,
                 step.alpha1,
@@ -168,16 +170,18 @@ class UniPC(Solver):
             return x_next, UniPCState(hist, state.n_steps, None)
         nodes, outs = history_nodes(hist, lam0, h, k, data)
         g1 = fixed_g1(h, data, self.variant) if k == 2 else None
-        x_next = exp_update(
-            x,
-            step.alpha0,
-            step.sigma0,
-            step.alpha1,
-            step.sigma1,
-            h,
-            nodes,
-            outs,
-            data,
-            g1=g1,
-        )
+        scale, coeffs = exp_weights(step.alpha0, step.sigma0, step.alpha1, step.sigma1, h, nodes, data, g1=g1)
+        # predictor of the corrected x in one pass: scale (x + sum c_j M_j) + sum b_j M_j,
+        # each output (the same tensors in both sums) weighted once
+        weights: dict[int, float] = {}
+        terms: dict[int, Tensor] = {}
+        for w, t in [*((scale * c, m) for c, m in zip(*correction)), *zip(coeffs, outs)]:
+            weights[id(t)] = weights.get(id(t), 0.0) + w
+            terms[id(t)] = t
+        x_next = lincomb(x, scale, list(weights.values()), list(terms.values()))
         return x_next, UniPCState(hist, state.n_steps, (lam0, k))
+
+
+def _corrected(x: Tensor, correction: tuple[list[float], list[Tensor]]) -> Tensor:
+    """x with the UniC correction applied (x itself when there is none)."""
+    return lincomb(x, 1.0, *correction) if correction[0] else x
