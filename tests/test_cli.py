@@ -92,6 +92,20 @@ def test_unknown_solver_lists_allowed(tmp_path: Path) -> None:
     assert code != 0 and "unknown solver 'nope'; allowed:" in text and "ddim" in text
 
 
+def test_grid_paper_and_the_budget_on_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "toy"
+    run("train", "toy2d", "--set", "steps=2", "--out", str(out), "--quiet")
+    code, text = run("sample", str(out), "--solver", "heun", "--grid", "paper", "--nfe", "9", "--n", "3",
+                     "--out", str(tmp_path / "h.npy"))
+    assert code == 0 and "heun (9 NFE)" in text, text  # Karras grid, 5 steps: 2 x 4 + 1 calls
+    code, text = run("sample", str(out), "--grid", "papers", "--n", "3", "--out", str(tmp_path / "x.npy"))
+    assert code == 2 and "unknown step grid 'papers'; allowed: default, paper," in text
+    assert not (tmp_path / "x.npy").exists()
+    code, text = run("sample", str(out), "--n", "3", "--out", str(tmp_path / "d.npy"))
+    assert code == 0 and "unipc_logsnr (20 NFE)" in text, text  # a new run samples with the default
+
+
 def test_solvers_listing() -> None:
     code, text = run("solvers")
     assert code == 0 and "ddim" in text and "ddpm" in text
+    assert "unipc_logsnr" in text and "(the default)" in text and "paper grid" in text
