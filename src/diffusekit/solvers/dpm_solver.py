@@ -1,6 +1,6 @@
 """DPM-Solver and DPM-Solver++ (Lu et al. 2022a, 2022b): exponential integrators in log-SNR.
 
-Every step here is ``exponential.exp_update`` (the exact integral of the polynomial in
+Every step here is ``exponential.exp_weights`` (the exact integral of the polynomial in
 lambda through some model outputs, DPM-Solver eq. 3.4 / DPM-Solver++ eq. 8) with the
 nodes of one method, and the shared limits at alpha = 0 (``ddim_limit``) and at the
 clean end (``clean_end``); see ``solvers/exponential.py``.
@@ -36,9 +36,10 @@ from .exponential import (
     clean_end,
     ddim_limit,
     exp_moments_tensor,
-    exp_update,
+    exp_weights,
     final_step_order,
     history_nodes,
+    lincomb,
     lowered_order,
 )
 from .lagrange import lagrange_weights
@@ -208,9 +209,7 @@ class DPMSolver(Solver):
         if not data and h > NOISE_FORM_MAX_H:
             k = 1
         nodes, outs = history_nodes(hist, lam0, h, k, data)
-        x_next = exp_update(
-            x, step.alpha0, step.sigma0, step.alpha1, step.sigma1, h, nodes, outs, data
-        )
+        x_next = lincomb(x, *exp_weights(step.alpha0, step.sigma0, step.alpha1, step.sigma1, h, nodes, data), outs)
         return x_next, MultistepState(hist, state.n_steps)
 
     def _singlestep(
@@ -236,17 +235,8 @@ class DPMSolver(Solver):
         data = self.form == "data"
         nodes = [(nd.lam - lam_s) / h for nd in group]
         outs = [nd.x0 if data else nd.eps for nd in group]
-        x_next = exp_update(
-            x_start,
-            state.alpha[start],
-            state.sigma[start],
-            step.alpha1,
-            step.sigma1,
-            h,
-            nodes,
-            outs,
-            data,
-        )
+        weights = exp_weights(state.alpha[start], state.sigma[start], step.alpha1, step.sigma1, h, nodes, data)
+        x_next = lincomb(x_start, *weights, outs)
         if step.i + 1 == state.plan[step.i][0] + q:
             return (
                 x_next,
@@ -319,18 +309,8 @@ class DPMSolverSDE(Solver):
         while k > 1 and (lam0 - hist[k - 1].lam) < 0.1 * (k - 1) * h:
             k -= 1
         nodes, outs = history_nodes(hist, lam0, h, k, True)
-        x_next = exp_update(
-            x,
-            step.alpha0,
-            step.sigma0,
-            step.alpha1,
-            step.sigma1,
-            h,
-            nodes,
-            outs,
-            True,
-            eta=self.eta,
-        )
+        weights = exp_weights(step.alpha0, step.sigma0, step.alpha1, step.sigma1, h, nodes, True, eta=self.eta)
+        x_next = lincomb(x, *weights, outs)
         if self.eta > 0:
             x_next.add_(
                 ctx.noise(),

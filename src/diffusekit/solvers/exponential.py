@@ -11,7 +11,7 @@ in lambda through some model outputs, then integrates it exactly. With tau = (la
 lam0) / h in [0, 1] and nodes tau_j, the weights beta_j of ``sum_j beta_j M_j`` are the
 integrals of the Lagrange basis against h e^{z (1 - tau)} (``lagrange.lagrange_weights``
 with the moments ``h k! phi_{k+1}(z)``, z = -h data, +h noise). This single rule
-(``exp_update``) is
+(``exp_weights``) is
 
 - DPM-Solver-k singlestep (Lu 2022a, Alg. 1-2; nodes 0, r1, r2 inside the step),
 - DPM-Solver-k / DPM-Solver++(kM) multistep (Lu 2022b, Alg. 2 and the 3M rule;
@@ -134,29 +134,6 @@ def check_order(order: int, allowed: range, what: str = "order") -> None:
         )
 
 
-def exp_update(
-    x: Tensor,
-    a0: float,
-    s0: float,
-    a1: float,
-    s1: float,
-    h: float,
-    nodes: list[float],
-    outputs: list[Tensor],
-    data: bool,
-    eta: float = 0.0,
-    g1: float | None = None,
-) -> Tensor:
-    """The exponential-integrator step from (alpha0, sigma0, x) over h = lam1 - lam0 with
-    the polynomial through (nodes[j], outputs[j]) (nodes in units of h, nodes[0] = 0 for
-    the output at lam0). ``data`` picks the form; ``eta`` > 0 gives the SDE-DPM-Solver++
-    drift (the caller adds the noise). ``g1`` overrides the first-derivative moment
-    (UniPC's B(h) variants).
-    """
-    scale, coeffs = exp_weights(a0, s0, a1, s1, h, nodes, data, eta, g1)
-    return lincomb(x, scale, coeffs, outputs)
-
-
 def exp_weights(
     a0: float,
     s0: float,
@@ -168,7 +145,11 @@ def exp_weights(
     eta: float = 0.0,
     g1: float | None = None,
 ) -> tuple[float, list[float]]:
-    """``exp_update``'s step as numbers: x1 = scale x0 + sum_j coeffs[j] outputs[j]."""
+    """The exponential-integrator step from (alpha0, sigma0, x0) over h = lam1 - lam0 with the
+    polynomial through (nodes[j], outputs[j]) (nodes in units of h, nodes[0] = 0 for the output
+    at lam0), as numbers: x1 = scale x0 + sum_j coeffs[j] outputs[j] (apply with ``lincomb``).
+    ``data`` picks the form; ``eta`` > 0 gives the SDE-DPM-Solver++ drift (the caller adds the
+    noise). ``g1`` overrides the first-derivative moment (UniPC's B(h) variants)."""
     if data:
         zh = (1.0 + eta) * h
         scale = s1 / s0 * (math.exp(-eta * h) if eta else 1.0)

@@ -29,7 +29,7 @@ from ..schedules.grids import Grid
 from ..stepping import Solver, Step, StepContext
 from .base import register
 from .exponential import NOISE_FORM_MAX_H, Node, check_form, check_order, clean_end, ddim_limit, exp_moments
-from .exponential import exp_update, exp_weights, final_step_order, history_nodes, lincomb, lowered_order
+from .exponential import exp_weights, final_step_order, history_nodes, lincomb, lowered_order
 from .lagrange import lagrange_weights
 
 
@@ -43,7 +43,7 @@ class UniPCState(NamedTuple):
 
 def fixed_g1(h: float, data: bool, variant: str) -> float:
     """The first-derivative moment with UniPC's fixed a_1 = 1/2: B(h) / 2 in the sign
-    convention of ``exp_update`` (data form: hh = -h, noise form: hh = h)."""
+    convention of ``exp_weights`` (data form: hh = -h, noise form: hh = h)."""
     if variant == "bh1":
         return 0.5 * h
     return -0.5 * math.expm1(-h) if data else 0.5 * math.expm1(h)
@@ -156,17 +156,8 @@ class UniPC(Solver):
         if (
             not data and h > NOISE_FORM_MAX_H
         ):  # first order, and no corrector over this step
-            x_next = exp_update(
-                _corrected(x, correction),
-                step.alpha0,
-                step.sigma0,
-                step.alpha1,
-                step.sigma1,
-                h,
-                [0.0],
-                [pred.eps],
-                False,
-            )
+            weights = exp_weights(step.alpha0, step.sigma0, step.alpha1, step.sigma1, h, [0.0], False)
+            x_next = lincomb(_corrected(x, correction), *weights, [pred.eps])
             return x_next, UniPCState(hist, state.n_steps, None)
         nodes, outs = history_nodes(hist, lam0, h, k, data)
         g1 = fixed_g1(h, data, self.variant) if k == 2 else None
