@@ -109,6 +109,41 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path: Path, bf16: bool) -> 
     assert strip(log_a) == strip(log_c)
 
 
+class _LossWithHistory:
+    """A stateful loss: DSM whose per-step history (here, the sum of the net's first weight) the trainer keeps."""
+
+    def __init__(self) -> None:
+        self.inner = DSMLoss()
+        self.history: list[float] = []
+
+    def __call__(self, denoiser, x0, cond=None, generator=None):  # type: ignore[no-untyped-def]
+        return self.inner(denoiser, x0, cond, generator)
+
+    def after_step(self, net: nn.Module, step: int) -> None:
+        self.history.append(float(next(net.parameters()).sum()) + step)
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+
+
+def test_a_loss_owned_state_is_stepped_checkpointed_and_resumed(tmp_path: Path) -> None:
+    def trainer(run_dir: Path) -> Trainer:
+        t = _small_setup(0, run_dir=run_dir, checkpoint_every=4)
+        t.loss_fn = _LossWithHistory()
+        return t
+    a = trainer(tmp_path / "a")
+    a.fit(8)
+    b = trainer(tmp_path / "b")
+    b.fit(4)
+    c = trainer(tmp_path / "b")
+    assert c.resume() and c.loss_fn.history == b.loss_fn.history  # type: ignore[attr-defined]
+    c.fit(8)
+    assert len(a.loss_fn.history) == 8 and c.loss_fn.history == a.loss_fn.history  # type: ignore[attr-defined]
+
+
 def test_training_changes_weights_and_resume_without_checkpoint(tmp_path: Path) -> None:
     t = _small_setup(0, run_dir=tmp_path)
     assert t.resume() is False  # nothing to resume yet

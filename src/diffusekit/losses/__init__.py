@@ -1,6 +1,6 @@
 """Training losses: denoising score matching with separate time distributions and weightings."""
 
-from .dsm import DSMLoss, LossOutput, dsm_loss, loss_scale, weighted_error
+from .dsm import DSMLoss, LossOutput, StatefulLoss, dsm_loss, loss_scale, weighted_error
 from .time_sampling import (
     TIME_SAMPLERS,
     TimeSampler,
@@ -30,6 +30,7 @@ __all__ = [
     "LossOutput",
     "MinSNRWeighting",
     "SNRWeighting",
+    "StatefulLoss",
     "TimeSampler",
     "VWeighting",
     "VelocityWeighting",

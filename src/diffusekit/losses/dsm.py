@@ -16,7 +16,7 @@ int w(t) E||.||^2 dt over [t_min, t_max] whatever p is (an importance-sampled es
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -35,6 +35,24 @@ class LossOutput(NamedTuple):
     loss: Tensor
     per_sample: Tensor
     t: Tensor
+
+
+@runtime_checkable
+class StatefulLoss(Protocol):
+    """A training loss that owns state the trainer must keep (DESIGN: "trainer state owned by the loss").
+
+    Examples: an importance-sampling table of past losses (Nichol & Dhariwal 2021, sec. 3.3),
+    an EMA target network (consistency training, Song et al. 2023), a frozen teacher's stage.
+    The trainer calls ``after_step(net, step)`` after each optimiser step (and EMA update),
+    stores ``state_dict()`` in every checkpoint and hands it back to ``load_state_dict`` on resume.
+    Plain losses (``DSMLoss``) need none of this.
+    """
+
+    def after_step(self, net: Any, step: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def loss_scale(

@@ -7,7 +7,9 @@ One optimiser step (Ho et al. 2020, Alg. 1, with the usual engineering):
    dropout inside the network uses the global RNG, re-seeded from (seed, step) inside
    ``torch.random.fork_rng`` so it neither depends on nor disturbs outside state;
 3. DSM loss (``losses.DSMLoss``), optionally under bf16 autocast; backward;
-4. gradient-norm clipping, AdamW with a linear learning-rate warm-up, EMA update.
+4. gradient-norm clipping, AdamW with a linear learning-rate warm-up, EMA update;
+5. a loss that owns state (``losses.StatefulLoss``: importance tables, EMA targets) is told
+   the step (``after_step``), and its ``state_dict`` goes into every checkpoint.
 
 Everything a step depends on (weights, EMA, optimiser moments, step, loader position,
 generator state, log accumulators) is saved, so training 10 + 10 steps with a restart
@@ -40,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Denoiser
-from ..losses.dsm import DSMLoss
+from ..losses.dsm import DSMLoss, StatefulLoss
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, set_aside
 from .ema import EMA
@@ -131,7 +133,7 @@ class Trainer:
         self,
         denoiser: Denoiser,
         data: Iterable,
-        loss: DSMLoss | None = None,
+        loss: Callable[..., Any] | None = None,
         config: TrainConfig | None = None,
         run_dir: str | Path | None = None,
         sample_fn: SampleFn | None = None,
@@ -248,6 +250,7 @@ class Trainer:
             "log_acc": self._acc.cpu(),
             "log_count": self._acc_count,
             "config": _jsonable(asdict(self.config)),
+            "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, StatefulLoss) else None,
         }
         meta = {**self.meta, "step": self.step, "parameterization": self.denoiser.parameterization.name}
         path = save_checkpoint(
@@ -283,6 +286,11 @@ class Trainer:
             if not hasattr(self.data, "load_state_dict"):
                 raise ValueError(f"checkpoint {path} holds a data-loader position but this data has no load_state_dict")
             self.data.load_state_dict(state["loader"])
+        if state.get("loss") is not None:
+            if not isinstance(self.loss_fn, StatefulLoss):
+                raise ValueError(f"checkpoint {path} holds loss state but this loss "
+                                 f"({type(self.loss_fn).__name__}) has no load_state_dict")
+            self.loss_fn.load_state_dict(state["loss"])
         self._batches = None
         self.step = int(state["step"])
         self._acc = state["log_acc"].to(device=self.device, dtype=torch.float64)
@@ -347,6 +355,8 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.net, self.step)
+        if isinstance(self.loss_fn, StatefulLoss):
+            self.loss_fn.after_step(self.net, self.step)
         loss = out.loss.detach()
         pair = torch.stack([loss.to(self._acc), grad_norm.detach().to(self._acc)])
         self._acc += pair
