@@ -18,14 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..stepping import Number, Solver, Step, StepContext
+from ..stepping import Solver, Step, StepContext
+from ..variances import ReverseVariance, make_variance, transition_var
 from .base import register
-
-
-def _transition_var(step: Step) -> Number:
-    """sigma_{0|1}^2 = sigma0^2 - (alpha0/alpha1)^2 sigma1^2, the forward variance from t1 to t0."""
-    var = step.sigma0**2 - (step.alpha0 / step.alpha1) ** 2 * step.sigma1**2
-    return var.clamp(min=0.0) if isinstance(var, Tensor) else max(var, 0.0)
 
 
 @register
@@ -33,12 +28,12 @@ def _transition_var(step: Step) -> Number:
 class DDPM(Solver):
     """Ancestral sampling, Ho et al. 2020, Algorithm 2, on any grid.
 
-    ``variance="small"`` uses the posterior variance (beta tilde), ``"large"``
-    the forward one (beta), the two bounds of sec. 3.2. The step to clean
-    data adds no noise.
+    ``variance``: ``"small"`` (the posterior variance, beta tilde), ``"large"`` (the
+    forward one, beta), the two bounds of sec. 3.2, or any ``ReverseVariance``
+    (``diffusekit.variances``). The step to clean data adds no noise.
     """
 
-    variance: str = "small"
+    variance: str | ReverseVariance = "small"
     name = "ddpm"
     order = 1
     stochastic = True
@@ -46,18 +41,17 @@ class DDPM(Solver):
     default_grid = "uniform_t"
 
     def __post_init__(self) -> None:
-        if self.variance not in ("small", "large"):
-            raise ValueError(f"variance must be 'small' or 'large', got {self.variance!r}")
+        object.__setattr__(self, "variance", make_variance(self.variance))
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.to_zero:
             return pred.x0, state
         step = step.like(x)
-        var01 = _transition_var(step)
+        var01 = transition_var(step)
         ratio = step.sigma1**2 / step.sigma0**2
         mean = (step.alpha0 / step.alpha1 * ratio) * x + (step.alpha1 * var01 / step.sigma0**2) * pred.x0
-        var = var01 * ratio if self.variance == "small" else var01
+        var = self.variance(pred, step)  # type: ignore[operator]
         return mean + var**0.5 * ctx.noise(), state
 
 
@@ -94,7 +88,7 @@ class DDIM(Solver):
         step = step.like(x)
         if self.eta == 0:
             return step.alpha1 * pred.x0 + step.sigma1 * pred.eps, state
-        s2 = self.eta**2 * _transition_var(step) * step.sigma1**2 / step.sigma0**2
+        s2 = self.eta**2 * transition_var(step) * step.sigma1**2 / step.sigma0**2
         s2 = torch.minimum(s2, step.sigma1**2) if isinstance(s2, Tensor) else min(s2, step.sigma1**2)
         out = step.alpha1 * pred.x0 + (step.sigma1**2 - s2) ** 0.5 * pred.eps
         if not isinstance(s2, Tensor) and s2 <= 0:  # no noise drawn where none is added
