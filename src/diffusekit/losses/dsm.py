@@ -90,7 +90,7 @@ def dsm_loss(
     t = t.to(x0.device)
     x_t = schedule.add_noise(x0, t, noise)
     coeffs, c_noise, _, _ = denoiser.precondition(x_t, t)
-    f = denoiser.network(coeffs.c_in * x_t, c_noise, cond).to(x0.dtype)
+    f = denoiser.outputs(coeffs.c_in * x_t, c_noise, cond)[0].to(x0.dtype)
     target = denoiser.parameterization.target(x0, noise, coeffs, x_t)
     return weighted_error(f, target, coeffs, t, schedule, weighting)
 
