@@ -12,6 +12,7 @@ import diffusekit as dk
 from diffusekit.denoiser import Denoiser, DenoiserWrapper
 from diffusekit.learned_variance import LearnedVariance, interpolated_variance
 from diffusekit.likelihood import discrete_vlb
+from diffusekit.losses.hybrid import HybridLoss, step_transitions, vlb_term
 from diffusekit.models import MLP, UNet
 from diffusekit.oracle import GaussianMixture
 from diffusekit.parameterization import Prediction
@@ -103,3 +104,104 @@ def test_bound_with_learned_variance_at_the_ends_is_the_fixed_bound() -> None:
     beta1 = float(1 - sch.alphas_cumprod[9])  # sigma^2 at the first knot of the 20-step trajectory
     torch.testing.assert_close(discrete_vlb(ConstantInterp(mix, 1.0), x0, variance="learned", **kw).terms[:, 0],
                                discrete_vlb(mix, x0, variance="small", decoder_variance=beta1, **kw).terms[:, 0])
+
+
+# ---- the hybrid loss --------------------------------------------------------------------------------
+
+
+def _oracle_at(mix: GaussianMixture, x0: Tensor, n: int, seed: int = 0) -> tuple[Prediction, Tensor]:
+    """The exact prediction at step n of x_n ~ q(x_n | x0), and x_n."""
+    t = torch.full((x0.shape[0],), n / mix.schedule.num_steps, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x_t = mix.schedule.add_noise(x0, t, eps)
+    return mix(x_t, t), x_t
+
+
+def test_vlb_term_is_the_closed_form_kl_and_decoder() -> None:
+    """Against Ho et al. 2020 eq. 6-7 written with the alpha_bar table, and eq. 15 for Sigma."""
+    sch = dk.DiscreteSchedule("linear", num_steps=100)
+    mix = smooth_mixture(sch, dim=3)
+    abar = sch.alphas_cumprod
+    table = step_transitions(sch)
+    x0 = mix.sample(16, seed=1)
+    for n in (1, 2, 37, 100):
+        pred, x_t = _oracle_at(mix, x0, n)
+        pred.var_interp = torch.rand(x0.shape, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+        got = vlb_term(pred, x0, torch.full((16,), n - 1), table, decoder="gaussian")
+        a_prev = abar[n - 2] if n > 1 else torch.tensor(1.0, dtype=torch.float64)
+        beta = 1 - abar[n - 1] / a_prev
+        tilde = beta * (1 - a_prev) / (1 - abar[n - 1])
+        if n == 1:  # clipped: beta tilde of step 2
+            beta2 = 1 - abar[1] / abar[0]
+            tilde = beta2 * (1 - abar[0]) / (1 - abar[1])
+        var = torch.exp(pred.var_interp * beta.log() + (1 - pred.var_interp) * tilde.log())
+        if n == 1:
+            want = (0.5 * (torch.log(2 * math.pi * var) + (x0 - pred.x0) ** 2 / var)).sum(1)
+        else:
+            coef_x0 = a_prev.sqrt() * beta / (1 - abar[n - 1])
+            coef_xt = (1 - beta).sqrt() * (1 - a_prev) / (1 - abar[n - 1])
+            mq, mp = coef_x0 * x0 + coef_xt * x_t, coef_x0 * pred.x0 + coef_xt * x_t
+            want = (0.5 * (torch.log(var / tilde) + tilde / var + (mq - mp) ** 2 / var - 1)).sum(1)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("std,n", [(0.05, 10), (0.2, 30), (0.5, 30)])
+def test_vlb_term_is_least_at_the_exact_posterior_variance(std: float, n: int) -> None:
+    """With the exact x0 = E[x0 | x_t] of N(0, std^2 I) data, E[L_t] over v is least where Sigma =
+    beta tilde + c_x0^2 Var[x0 | x_t] (the moment-matched variance), v* = log(Sigma / beta tilde) / log(beta / beta tilde)."""
+    sch = dk.DiscreteSchedule("linear", num_steps=100)
+    d = 8
+    mix = GaussianMixture(torch.zeros(1, d), std, sch)
+    table = step_transitions(sch)
+    x0 = mix.sample(2000, seed=4)
+    pred, _ = _oracle_at(mix, x0, n, seed=5)
+    a, s = (float(v) for v in sch.alpha_sigma(torch.tensor(n / 100, dtype=torch.float64)))
+    post = std**2 * s**2 / (a**2 * std**2 + s**2)
+    i = n - 1
+    sigma_star = float(table.small[i]) + float(table.c_x0[i]) ** 2 * post
+    v_star = math.log(sigma_star / float(table.small[i])) / math.log(float(table.large[i] / table.small[i]))
+    grid = torch.linspace(0, 1, 101, dtype=torch.float64)
+    losses = []
+    for v in grid:
+        pred.var_interp = torch.full_like(x0, float(v))
+        losses.append(float(vlb_term(pred, x0, torch.full((2000,), i), table, decoder="gaussian").mean()))
+    best = float(grid[int(torch.tensor(losses).argmin())])
+    assert abs(best - v_star) <= 0.03, (best, v_star)
+
+
+def _net_denoiser(steps: int = 50, dim: int = 2) -> Denoiser:
+    torch.manual_seed(0)
+    return Denoiser(MLP(dim, width=32, depth=2, learn_variance=True, zero_init=False), dk.DiscreteSchedule("linear", num_steps=steps), "eps")
+
+
+def test_hybrid_loss_stops_the_gradient_to_the_mean() -> None:
+    """Eq. 16: lambda L_vlb moves only the variance outputs; L_vlb alone moves both."""
+    den = _net_denoiser()
+    x0 = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
+
+    def out_grad(loss: HybridLoss) -> Tensor:
+        den.zero_grad()
+        loss(den, x0, generator=torch.Generator().manual_seed(1)).loss.backward()
+        return den.net.out.weight.grad.clone()  # rows 0..1: the mean, rows 2..3: the variance head
+
+    simple = out_grad(HybridLoss("simple", decoder="gaussian"))
+    hybrid = out_grad(HybridLoss("hybrid", vlb_weight=1.0, decoder="gaussian"))
+    vlb = out_grad(HybridLoss("vlb", decoder="gaussian"))
+    assert torch.equal(hybrid[:2], simple[:2])
+    assert bool((simple[2:] == 0).all()) and float(hybrid[2:].abs().max()) > 1e-4
+    assert float(vlb[:2].abs().max()) > 1e-4
+    torch.testing.assert_close(hybrid[2:], vlb[2:])  # the same variance gradient
+
+
+def test_hybrid_loss_refuses_bad_settings() -> None:
+    den = Denoiser(MLP(2, width=16, depth=1), dk.DiscreteSchedule("linear", num_steps=20), "eps")
+    with pytest.raises(ValueError, match="needs a network with a variance head"):
+        HybridLoss("hybrid")(den, torch.randn(4, 2))
+    with pytest.raises(TypeError, match="need a DiscreteSchedule"):
+        HybridLoss("hybrid")(Denoiser(MLP(2, learn_variance=True), dk.VPSchedule(), "eps"), torch.randn(4, 2))
+    for kwargs, words in [({"kind": "kl"}, "loss must be one of simple, hybrid, vlb, got 'kl'"),
+                          ({"vlb_weight": -1.0}, "vlb_weight must be"),
+                          ({"time": "lognormal"}, "time sampling must be one of uniform, importance"),
+                          ({"decoder": "logistic"}, "decoder must be")]:
+        with pytest.raises(ValueError, match=words):
+            HybridLoss(**kwargs)

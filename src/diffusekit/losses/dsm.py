@@ -95,6 +95,22 @@ def dsm_loss(
     return weighted_error(f, target, coeffs, t, schedule, weighting)
 
 
+def check_label_dropout(p: float, null_label: int | None) -> None:
+    """A dropout probability in [0, 1) and, when it is positive, a null label."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1), got {p}")
+    if p > 0 and null_label is None:
+        raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
+
+
+def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None) -> Cond:
+    """Integer labels replaced by ``null_label`` with probability p (Ho & Salimans 2022, Algorithm 1)."""
+    if p > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
+        drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < p
+        cond = torch.where(drop, torch.full_like(cond, null_label), cond)  # type: ignore[arg-type]
+    return cond
+
+
 @dataclass(frozen=True)
 class DSMLoss:
     """Denoising score matching with a time distribution and a weighting chosen independently.
@@ -117,10 +133,7 @@ class DSMLoss:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
         object.__setattr__(self, "time", make_time_sampler(self.time))
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.label_dropout > 0 and self.null_label is None:
-            raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
+        check_label_dropout(self.label_dropout, self.null_label)
 
     def __call__(
         self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None
@@ -129,9 +142,7 @@ class DSMLoss:
         time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
         t = self.time(x0.shape[0], schedule, generator, x0.device, time_dtype)  # type: ignore[operator]
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if self.label_dropout > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
-            drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.label_dropout
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)  # type: ignore[arg-type]
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
         per_sample = dsm_loss(denoiser, x0, t, noise, self.weighting, cond)
         if self.importance:
             per_sample = per_sample / self.time.density(t, schedule).to(per_sample)  # type: ignore[union-attr]
