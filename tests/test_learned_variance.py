@@ -13,6 +13,7 @@ from diffusekit.denoiser import Denoiser, DenoiserWrapper
 from diffusekit.learned_variance import LearnedVariance, interpolated_variance
 from diffusekit.likelihood import discrete_vlb
 from diffusekit.losses.hybrid import HybridLoss, step_transitions, vlb_term
+from diffusekit.losses.importance import ImportanceTimeSampler
 from diffusekit.models import MLP, UNet
 from diffusekit.oracle import GaussianMixture
 from diffusekit.parameterization import Prediction
@@ -205,3 +206,75 @@ def test_hybrid_loss_refuses_bad_settings() -> None:
                           ({"decoder": "logistic"}, "decoder must be")]:
         with pytest.raises(ValueError, match=words):
             HybridLoss(**kwargs)
+
+
+# ---- importance sampling of t -----------------------------------------------------------------------
+
+
+def test_importance_sampler_is_uniform_until_full_then_follows_the_second_moment() -> None:
+    """Eq. 17: p_t proportional to sqrt(mean of the last 10 L_t^2), uniform until every step has 10."""
+    sch = dk.DiscreteSchedule("linear", num_steps=4)
+    imp = ImportanceTimeSampler(history=10, uniform_mix=0.0)
+    t = imp(100, sch, torch.Generator().manual_seed(0))
+    assert set(t.tolist()) <= {0.25, 0.5, 0.75, 1.0}
+    steps = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    # 9 losses per step: still uniform; 15 more for step 1 in one batch: its oldest fall out
+    imp.record(steps.repeat(9), torch.tensor([1.0, 2.0, 3.0, 4.0]).repeat(9))
+    torch.testing.assert_close(imp.probabilities(sch), torch.full((4,), 0.25, dtype=torch.float64))
+    imp.record(steps.repeat(1), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    imp.record(torch.full((15,), 0.25, dtype=torch.float64), torch.cat([torch.full((5,), 100.0), torch.full((10,), 4.0)]))
+    w = torch.tensor([4.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    torch.testing.assert_close(imp.probabilities(sch), w / w.sum())
+    assert imp.count.tolist() == [25, 10, 10, 10]
+    # draws follow p, and density reports it
+    t = imp(40_000, sch, torch.Generator().manual_seed(1))
+    freq = torch.bincount((t * 4).round().long() - 1, minlength=4).double() / 40_000
+    assert float((freq - w / w.sum()).abs().max()) < 0.01
+    torch.testing.assert_close(imp.density(steps, sch), w / w.sum())
+    mixed = ImportanceTimeSampler(history=10, uniform_mix=0.1)
+    mixed.load_state_dict(imp.state_dict())
+    torch.testing.assert_close(mixed.probabilities(sch), 0.9 * w / w.sum() + 0.025)
+
+
+def test_importance_weighting_keeps_the_objective() -> None:
+    """Per-sample losses divided by N p_t: their mean over t ~ p equals the uniform-t mean (unbiased)."""
+    sch = dk.DiscreteSchedule("linear", num_steps=20)
+    den = _net_denoiser(steps=20)
+    x0 = torch.randn(1, 2, generator=torch.Generator().manual_seed(0)).repeat(20, 1)
+    loss = HybridLoss("vlb", time="importance", decoder="gaussian")
+    imp = loss.importance
+    imp(1, sch)  # sizes the tables
+    steps = torch.arange(1, 21, dtype=torch.float64) / 20
+    imp.record(steps.repeat(10), torch.rand(200, generator=torch.Generator().manual_seed(2)) * steps.repeat(10))
+    p = imp.probabilities(sch)
+    noise = torch.randn(20, 2, generator=torch.Generator().manual_seed(3))
+    per_t = loss.per_time(den, x0, steps, noise).detach().double()
+    weighted = per_t / (20 * imp.density(steps, sch))
+    torch.testing.assert_close((p * weighted).sum(), per_t.mean())
+
+
+def test_importance_history_is_checkpointed_and_resumed(tmp_path) -> None:
+    """The trainer keeps the loss-owned history: 6 steps == 3 + resume + 3, history and weights alike."""
+    from diffusekit.data import ArrayLoader
+    from diffusekit.train import TrainConfig, Trainer
+
+    def trainer(run_dir) -> Trainer:
+        den = _net_denoiser(steps=4)
+        data = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+        cfg = TrainConfig(lr=1e-3, ema_half_life=2.0, log_every=1, checkpoint_every=3, progress=False)
+        return Trainer(den, ArrayLoader(data, batch_size=16, seed=1), HybridLoss("hybrid", time="importance",
+                       decoder="gaussian", vlb_weight=1.0), cfg, run_dir=run_dir)
+
+    a = trainer(tmp_path / "a")
+    a.fit(6)
+    b = trainer(tmp_path / "b")
+    b.fit(3)
+    c = trainer(tmp_path / "b")
+    assert c.resume() and c.step == 3
+    assert torch.equal(c.loss_fn.importance.losses, b.loss_fn.importance.losses)
+    c.fit(6)
+    ha, hc = a.loss_fn.importance, c.loss_fn.importance
+    assert int(ha.count.sum()) == 6 * 16 and torch.equal(ha.count, hc.count) and torch.equal(ha.losses, hc.losses)
+    assert bool((ha.count >= 10).all())  # full after 96 draws over 4 steps: p no longer uniform by step 6
+    for pa, pc in zip(a.net.parameters(), c.net.parameters()):
+        assert torch.equal(pa, pc)
