@@ -7,7 +7,9 @@ varies between methods is the variance, a ``ReverseVariance``:
 - ``small``: the posterior variance sigma_{t|s}^2 sigma_s^2 / sigma_t^2 (beta tilde),
   Ho et al. 2020, sec. 3.2 (exact when x0 is a point mass);
 - ``large``: the forward variance sigma_{t|s}^2 (beta), Ho et al. 2020, sec. 3.2
-  (exact when x0 ~ N(0, I)).
+  (exact when x0 ~ N(0, I));
+- ``learned``: a network head's log-domain interpolation between the two (Nichol & Dhariwal
+  2021, eq. 15; ``learned_variance.py``).
 
 A variance receives the step's numbers and the model's ``Prediction`` at x_t, and returns
 the variance per sample or per element (anything that broadcasts against x). Rules that
@@ -41,6 +43,8 @@ class ReverseVariance(Protocol):
     """The variance of p(x_s | x_t) on the step t = step.t0 -> s = step.t1 (s > 0).
 
     ``step`` has been shaped to x (``Step.like``); the result broadcasts against x.
+    A rule may also define ``decoder_var(pred, step, clipped)`` for the step t_1 -> 0 (the
+    decoder of the bound, where beta tilde is 0 and ``clipped`` is beta tilde of the step above).
     """
 
     name: str
@@ -70,12 +74,17 @@ class LargeVariance:
 FIXED_VARIANCES: dict[str, ReverseVariance] = {"small": SmallVariance(), "large": LargeVariance()}
 
 
+#: Stateless variances by name: the fixed ones, and those read from the model's Prediction
+#: (``learned``, registered by ``learned_variance.py``, which the package imports).
+NAMED_VARIANCES: dict[str, ReverseVariance] = dict(FIXED_VARIANCES)
+
+
 def make_variance(variance: "str | ReverseVariance") -> ReverseVariance:
-    """A ``ReverseVariance`` from a name in ``FIXED_VARIANCES`` or an instance."""
+    """A ``ReverseVariance`` from a name in ``NAMED_VARIANCES`` or an instance."""
     if isinstance(variance, str):
-        if variance not in FIXED_VARIANCES:
-            raise ValueError(f"variance must be one of {sorted(FIXED_VARIANCES)} or a ReverseVariance, got {variance!r}")
-        return FIXED_VARIANCES[variance]
+        if variance not in NAMED_VARIANCES:
+            raise ValueError(f"variance must be one of {list(NAMED_VARIANCES)} or a ReverseVariance, got {variance!r}")
+        return NAMED_VARIANCES[variance]
     if not isinstance(variance, ReverseVariance):
         raise TypeError(f"variance must be a name or a ReverseVariance, got {type(variance).__name__}")
     return variance
