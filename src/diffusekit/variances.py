@@ -120,17 +120,31 @@ def clamp_eps_var(m: Tensor, alpha_t: Number, sigma_t: Number, data_var: float) 
     return torch.minimum(m.clamp(min=0.0), (snr * data_var).clamp(max=1.0))
 
 
+def check_clip(clip: float | None) -> float | None:
+    """A first-step clip: a positive number (data units) or None."""
+    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        raise ValueError(f"first_step_clip must be a positive number or None, got {clip!r}")
+    return clip
+
+
+def clip_first_step(var: Number, step: Step, clip: float | None) -> Number:
+    """On the step into the first grid point (``step.remaining == 2``; sampling only), at most
+    (clip alpha_1 / 2)^2: two of the noise's standard deviations move x_1 / alpha_1 by at most ``clip``
+    (Bao et al. 2022a clip this step so the decoded pixels stay within a bin, 2/255 in [-1, 1])."""
+    if clip is None or step.remaining != 2:
+        return var
+    top = (clip * step.alpha1 / 2) ** 2
+    return torch.clamp(var, max=top) if isinstance(var, Tensor) else min(var, top)
+
+
 class OptimalVariance:
     """Analytic-DPM: lambda^2 + gain^2 E||eps - eps_hat||^2 / d, Bao et al. 2022a, Thm 1 (eta = 1, DDPM)
     and its DDIM form (eta, eq. 9), clamped to Thm 2's bounds [lambda^2, lambda^2 + gain^2 c_t] with
     c_t = min(1, alpha_t^2 / sigma_t^2 tr Cov[x0] / d).
 
     ``moments``: a ``likelihood.analytic.NoiseMoments`` (interpolated in t for any trajectory).
-    ``first_step_clip`` (data units, sampling only): the step into the first grid point (the last
-    noisy one) adds noise of std at most ``first_step_clip * alpha_1 / 2``, so two of its standard
-    deviations move x_1 / alpha_1 by at most ``first_step_clip`` (Bao et al. 2022a, sec. 6 clip this
-    step's std to keep the decoded pixels within a bin, 2/255 for 8-bit images in [-1, 1]; give the
-    bin width in your data's units). The decoder p(x0 | x_1) uses the same rule at eta = 0, s = 0.
+    ``first_step_clip`` (data units, sampling only; ``clip_first_step``): give the data's bin width,
+    e.g. 2/255 for 8-bit images in [-1, 1]. The decoder p(x0 | x_1) uses the same rule at eta = 0, s = 0.
     """
 
     name = "analytic"
@@ -138,9 +152,7 @@ class OptimalVariance:
     def __init__(self, moments: Any, eta: float = 1.0, first_step_clip: float | None = None) -> None:
         self.moments = moments
         self.eta = check_eta(eta)
-        if first_step_clip is not None and not first_step_clip > 0:
-            raise ValueError(f"first_step_clip must be positive or None, got {first_step_clip!r}")
-        self.first_step_clip = first_step_clip
+        self.first_step_clip = check_clip(first_step_clip)
 
     def eps_var(self, pred: Prediction, step: Step) -> Tensor:
         """E tr Cov[eps | x_t] / d, estimated and clamped (Thm 2), at t = step.t0, against pred.x_t."""
@@ -151,10 +163,7 @@ class OptimalVariance:
 
     def __call__(self, pred: Prediction, step: Step) -> Number:
         var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.eps_var(pred, step)
-        if self.first_step_clip is not None and step.remaining == 2:
-            top = (self.first_step_clip * step.alpha1 / 2) ** 2
-            var = torch.clamp(var, max=top) if isinstance(var, Tensor) else min(var, top)
-        return var
+        return clip_first_step(var, step, self.first_step_clip)
 
     def decoder_var(self, pred: Prediction, step: Step) -> Number:
         """Var p(x0 | x_1) = (sigma_1 / alpha_1)^2 E tr Cov[eps | x_1] / d (= E tr Cov[x0 | x_1] / d)."""
@@ -165,7 +174,18 @@ class OptimalVariance:
 FIXED_VARIANCES: dict[str, ReverseVariance] = {"small": SmallVariance(), "large": LargeVariance()}
 
 #: Rules that need something more (estimates, a head), by name: a builder taking keyword options.
-VARIANCE_BUILDERS: dict[str, Callable[..., ReverseVariance]] = {"analytic": OptimalVariance}
+def _head_variance(kind: str) -> Callable[..., ReverseVariance]:
+    def build(head: Any, eta: float = 1.0, first_step_clip: float | None = None) -> ReverseVariance:
+        from .variance_heads import HeadVariance  # the heads import this module
+
+        return HeadVariance(head, eta=eta, first_step_clip=first_step_clip, kind=kind)
+
+    return build
+
+
+VARIANCE_BUILDERS: dict[str, Callable[..., ReverseVariance]] = {
+    "analytic": OptimalVariance, "sn": _head_variance("sn"), "npr": _head_variance("npr"),
+}
 
 
 def make_variance(variance: "str | ReverseVariance", **options: Any) -> ReverseVariance:
