@@ -95,6 +95,15 @@ def dsm_loss(
     return weighted_error(f, target, coeffs, t, schedule, weighting)
 
 
+def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None = None) -> Cond:
+    """Integer labels replaced by ``null_label`` with probability ``p`` each (classifier-free guidance's joint
+    training, Ho & Salimans 2022, Alg. 1); anything else is returned as is."""
+    if p > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
+        drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < p
+        cond = torch.where(drop, torch.full_like(cond, null_label), cond)  # type: ignore[arg-type]
+    return cond
+
+
 @dataclass(frozen=True)
 class DSMLoss:
     """Denoising score matching with a time distribution and a weighting chosen independently.
@@ -129,9 +138,7 @@ class DSMLoss:
         time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
         t = self.time(x0.shape[0], schedule, generator, x0.device, time_dtype)  # type: ignore[operator]
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if self.label_dropout > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
-            drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.label_dropout
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)  # type: ignore[arg-type]
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
         per_sample = dsm_loss(denoiser, x0, t, noise, self.weighting, cond)
         if self.importance:
             per_sample = per_sample / self.time.density(t, schedule).to(per_sample)  # type: ignore[union-attr]
