@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import diffusekit as dk
-from diffusekit.distill import ProgressiveLoss, SolverStep, stage_counts, teacher_times
+from diffusekit.data import ArrayLoader
+from diffusekit.distill import (
+    ConsistencyLoss, ProgressiveLoss, SolverStep, consistency_times, curriculum, stage_counts, teacher_times,
+)
+from diffusekit.oracle import GaussianMixture
+from diffusekit.train import Trainer, TrainConfig
 
 from .conftest import all_schedules, smooth_mixture
 
@@ -49,3 +54,123 @@ def test_a_teacher_step_refuses_a_stochastic_solver() -> None:
         SolverStep(oracle, "ddpm")
     with pytest.raises(ValueError, match="got 'unipc'"):
         SolverStep(oracle, "unipc")
+
+
+# ---- consistency models ------------------------------------------------------------------------
+
+
+class ExactConsistency:
+    """f*(x, t): the clean end of the exact PF-ODE trajectory through (x, t) (the oracle's reference ODE)."""
+
+    def __init__(self, oracle: GaussianMixture, shift: float = 0.0) -> None:
+        self.oracle, self.schedule = oracle, oracle.schedule
+        self.theta = torch.tensor(shift, dtype=torch.float64, requires_grad=True)  # a parameter, 0 at f*
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> dk.Prediction:
+        t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        out = by_time(x, t, lambda xs, t0: self.oracle.ode_solution(xs, t0, rtol=1e-9, atol=1e-9))
+        a, s = (v[:, None].to(x) for v in self.schedule.alpha_sigma(t))
+        return dk.Prediction(x, a, s, x0=out + self.theta * x)
+
+
+def by_time(x: torch.Tensor, t: torch.Tensor, fn, t1: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """fn(x[rows], t0[, t1]) for each group of rows sharing a time (the reference ODE takes one time)."""
+    out = torch.empty_like(x)
+    for value in t.unique().tolist():
+        rows = t == value
+        out[rows] = fn(x[rows], value) if t1 is None else fn(x[rows], value, float(t1[rows][0]))
+    return out
+
+
+def exact_step(oracle: GaussianMixture):  # type: ignore[no-untyped-def]
+    def step(x: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, cond: object = None) -> torch.Tensor:
+        return by_time(x, t0, lambda xs, a, b: oracle.ode_solution(xs, a, b, rtol=1e-9, atol=1e-9), t1)
+
+    return step
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_exact_consistency_function_is_a_fixed_point_of_the_consistency_loss(training: bool) -> None:
+    """With the exact PF-ODE as teacher step (distillation), f* has zero loss and zero gradient; consistency
+    training's target (same z) is a different point, so its loss is small but not zero. A function that
+    is not a consistency function (Tweedie's denoiser) has a clearly positive distillation loss."""
+    schedule = dk.EDMSchedule()
+    oracle = smooth_mixture(schedule, dim=2)
+    x0 = oracle.sample(6, seed=3)
+    loss = ConsistencyLoss(schedule, None if training else exact_step(oracle), mu=0.0, n=4, total_steps=10,
+                           distance="pseudo_huber")
+    f = ExactConsistency(oracle)
+    out = loss(f, x0, generator=torch.Generator().manual_seed(0))
+    if training:
+        assert float(out.loss.detach()) > 1e-4
+        return
+    assert float(out.loss.detach()) < 1e-9
+    out.loss.backward()
+    assert abs(float(f.theta.grad)) < 1e-5  # the reference ODE's tolerance over pseudo-Huber's c = 7.6e-4
+    moved = ExactConsistency(oracle, shift=0.05)
+    out = loss(moved, x0, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert abs(float(moved.theta.grad)) > 1e-3
+    tweedie = loss(oracle, x0, generator=torch.Generator().manual_seed(0))
+    assert float(tweedie.loss) > 1e-3
+
+
+def test_the_boundary_preconditioning_is_the_identity_at_sigma_min() -> None:
+    from diffusekit.parameterization import ConsistencyParam, EDMParam
+
+    p = ConsistencyParam()
+    c = p.coefficients(torch.tensor([1.0]), torch.tensor([p.sigma_min]))
+    assert float(c.c_skip) == 1.0 and float(c.c_out) == 0.0
+    s = torch.tensor([0.3, 2.0])
+    a, b = ConsistencyParam(sigma_min=0.0).coefficients(torch.ones(2), s), EDMParam().coefficients(torch.ones(2), s)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+
+
+def test_one_step_consistency_sampling_of_the_exact_function_is_the_exact_ode_sample() -> None:
+    schedule = dk.EDMSchedule()
+    oracle = smooth_mixture(schedule, dim=2)
+    f = ExactConsistency(oracle)
+    x_T = oracle.sample(4, seed=1, t=schedule.t_max)
+    one = dk.sample(f, dk.make_solver("consistency"), x_T, steps=1, progress=False)
+    assert one.nfe == 1
+    torch.testing.assert_close(one.x, oracle.ode_solution(x_T, schedule.t_max), rtol=1e-6, atol=1e-6)
+    two = dk.sample(f, dk.make_solver("consistency"), x_T, steps=2, progress=False, seed=5)
+    assert two.nfe == 2 and bool(two.x.isfinite().all())
+
+
+def test_the_consistency_curriculum_and_levels() -> None:
+    assert [curriculum(k, 800) for k in (0, 99, 100, 200, 799)] == [11, 11, 21, 41, 1281]
+    t = consistency_times(dk.EDMSchedule(), 18, 0.002)
+    assert float(t[0]) == pytest.approx(0.002) and float(t[-1]) == pytest.approx(80.0) and bool((t[1:] > t[:-1]).all())
+    with pytest.raises(ValueError, match="unknown consistency distance 'lpips'; allowed: l2, pseudo_huber"):
+        ConsistencyLoss(dk.EDMSchedule(), distance="lpips", mu=0.0)
+
+
+def test_the_ema_target_network_is_checkpointed_and_resumed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The trainer keeps the loss's EMA target: 3 + 3 steps with a restart equal 6 in one go, target included."""
+    from diffusekit.models import mlp_preset
+    from diffusekit.parameterization import ConsistencyParam
+
+    data = smooth_mixture(dk.EDMSchedule(), dim=2).sample(64, seed=0).float()
+
+    def make(run_dir):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        student = dk.Denoiser(mlp_preset("tiny", 2), dk.EDMSchedule(), ConsistencyParam())
+        loss = ConsistencyLoss(student.schedule, None, student.net, mu=0.9, total_steps=6)
+        cfg = TrainConfig(lr=1e-3, log_every=1, checkpoint_every=3, progress=False, ema_half_life=None)
+        return Trainer(student, ArrayLoader(data, batch_size=16), loss, cfg, run_dir=run_dir), loss
+
+    whole, whole_loss = make(tmp_path / "a")
+    whole.fit(6)
+    first, _ = make(tmp_path / "b")
+    first.fit(3)
+    second, second_loss = make(tmp_path / "b")
+    assert second.resume() and second_loss.step == 3
+    second.fit(6)
+    assert second_loss.step == 6
+    for a, b in zip(whole_loss.state_dict()["target"].values(), second_loss.state_dict()["target"].values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    changed = [not torch.equal(a, b) for a, b in zip(whole_loss.state_dict()["target"].values(),
+                                                    make(tmp_path / "c")[1].state_dict()["target"].values())]
+    assert any(changed)  # the target moved during training

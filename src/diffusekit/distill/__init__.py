@@ -4,12 +4,14 @@ Each method reuses the core schedules, denoisers, solvers (as teachers), trainer
 writes an ordinary run folder (``runs``).
 """
 
+from .consistency import ConsistencyLoss, consistency_times, curriculum, distill_consistency, train_consistency
 from .nested_grid import teacher_times
 from .progressive import ProgressiveLoss, distill_progressive, progressive_target, stage_counts
 from .runs import cpu_seconds, student_config, train_student
 from .teacher_step import SolverStep
 
 __all__ = [
+    "ConsistencyLoss", "consistency_times", "curriculum", "distill_consistency", "train_consistency",
     "ProgressiveLoss", "SolverStep", "cpu_seconds", "distill_progressive", "progressive_target", "stage_counts",
     "student_config", "teacher_times", "train_student",
 ]
