@@ -85,5 +85,7 @@ def train_student(cfg: RunConfig, info: RunInfo, student: Denoiser, loader: Arra
 
 
 def cpu_seconds(run_dir: str | Path) -> float:
-    """CPU seconds spent training a student folder and the stages inside it (``distill.json``)."""
-    return sum(json.loads(p.read_text())["cpu_seconds"] for p in Path(run_dir).rglob("distill.json"))
+    """CPU seconds spent on a student folder: training it and the stages inside it (``distill.json``) and
+    generating reflow couplings (``couplings.json``)."""
+    records = [*Path(run_dir).rglob("distill.json"), *Path(run_dir).rglob("couplings.json")]
+    return sum(json.loads(p.read_text()).get("cpu_seconds", 0.0) for p in records)
