@@ -197,6 +197,7 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
         name = solver or run.config.sampling.solver
+        grid = grid if grid is not None or solver is not None else run.config.sampling.grid  # the run's own grid
         grid_rule(make_solver(name, **opts), grid)
         denoiser = run.denoiser
         cond, rows = None, None

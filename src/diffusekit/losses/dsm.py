@@ -103,7 +103,7 @@ def check_label_dropout(p: float, null_label: int | None) -> None:
         raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
 
 
-def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None,
+def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None = None,
                 rows: slice = slice(None), total: int | None = None) -> Cond:
     """Integer labels replaced by ``null_label`` with probability p (Ho & Salimans 2022, Algorithm 1).
 
