@@ -260,6 +260,16 @@ class LowDensityEnergy:
         self.encoder = encoder
         self.class_means = class_means
 
+    @classmethod
+    @torch.no_grad()
+    def from_data(cls, encoder: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch: int = 1024) -> "LowDensityEnergy":
+        """The energy with ``class_means`` = the mean ``encoder`` features of each class of data ``x``, labels ``y``."""
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+            raise ValueError(f"y must hold one integer label per item ({x.shape[0]},), got shape {tuple(y.shape)}")
+        z = torch.cat([encoder(part).flatten(1) for part in x.split(batch)]).double()
+        onehot = F.one_hot(y.long(), int(y.max()) + 1).to(z)
+        return cls(encoder, onehot.T @ z / onehot.sum(0)[:, None].clamp(min=1))
+
     def __call__(self, x: Tensor, t: Time, cond: Cond) -> Tensor:
         z = self.encoder(x).flatten(1)
         return F.cosine_similarity(z, self.class_means.to(z)[_labels(cond, x.shape[0], z.device)], dim=1)

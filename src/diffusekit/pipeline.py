@@ -338,6 +338,34 @@ def guided_denoiser(run: LoadedRun, scale: float, *, interval: tuple[float, floa
     return ClassifierFreeGuidance(run.denoiser, scale, interval=interval, rescale=rescale)
 
 
+def classifier_guided_denoiser(run: LoadedRun, classifier: Callable[[Tensor, Any], Tensor], scale: float, *,
+                               cfg: float | None = None) -> DenoiserLike:
+    """Classifier guidance with scale ``scale`` through the score (Dhariwal & Nichol 2021, sec. 4) of a run's
+    unconditional model (a class-conditional run's null label), or with ``cfg`` = w of its CFG-guided
+    conditional model (w = 1: the conditional model); ``classifier(x_t, t)`` gives logits."""
+    from .guidance import ClassifierGuidance
+
+    inner = run.denoiser if cfg is None else guided_denoiser(run, cfg)
+    return ClassifierGuidance(inner, classifier, scale, inner_cond=cfg is not None)
+
+
+def low_density_denoiser(run: LoadedRun, classifier: Any, scale: float, *, cfg: float = 1.0,
+                         max_items: int = 10_000) -> DenoiserLike:
+    """Low-density guidance (Sehwag et al. 2022) of a class-conditional run: the conditional model (CFG ``cfg``)
+    pushed away from the class-mean embedding, the features being a noise-aware ``classifier``'s penultimate
+    layer at the clean end on the denoised estimate; class means over at most ``max_items`` training items."""
+    from .guidance import EnergyGuidance, LowDensityEnergy
+
+    class_count(run, "low-density guidance")
+    x, y = load_training_data(run.config)
+    if y is None:
+        raise ValueError(f"low-density guidance needs class labels, but {run.config.data.name} has none")
+    keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_items]
+    t_clean = run.denoiser.schedule.t_min
+    energy = LowDensityEnergy.from_data(lambda v: classifier.features(v, t_clean), x[keep], y[keep])
+    return EnergyGuidance(guided_denoiser(run, cfg), energy, scale, denoised=True)
+
+
 def sample_denoiser(
     denoiser: DenoiserLike,
     info: RunInfo,
