@@ -64,16 +64,19 @@ def _first(v: Tensor, b: int) -> Tensor:
     return v if v.ndim == 0 or v.shape[0] == 1 else v[:b]
 
 
-def null_condition(denoiser: DenoiserLike) -> int:
-    """The null ("unconditional") label of a class-conditional denoiser: the oracle's
-    ``null_label``, or the class embedding's of a ``Denoiser``'s network (label dropout,
-    Ho & Salimans 2022 sec. 3.2), looked up through wrappers."""
+def null_condition(denoiser: DenoiserLike) -> int | float:
+    """The null ("unconditional") condition of a conditional denoiser: the oracle's ``null_label``,
+    the class embedding's of a ``Denoiser``'s network (label dropout, Ho & Salimans 2022 sec. 3.2),
+    or NaN for a network with a condition-vector embedding; looked up through wrappers."""
     obj: object = denoiser
     while obj is not None:
         label = getattr(obj, "null_label", None)
-        embed = getattr(getattr(obj, "net", None), "class_embed", None)
+        net = getattr(obj, "net", None)
+        embed = getattr(net, "class_embed", None)
         if label is None and embed is not None:
             label = embed.null_label
+        if label is None and getattr(net, "cond_embed", None) is not None:
+            return net.cond_embed.null_value  # type: ignore[union-attr]
         if label is not None:
             return int(label)
         obj = getattr(obj, "inner", None)
@@ -103,7 +106,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         inner: DenoiserLike,
         scale: float,
         *,
-        null: int | Tensor | None = None,
+        null: int | float | Tensor | None = None,
         interval: tuple[float, float] | None = None,
         rescale: float = 0.0,
     ) -> None:

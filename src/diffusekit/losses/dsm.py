@@ -15,6 +15,7 @@ int w(t) E||.||^2 dt over [t_min, t_max] whatever p is (an importance-sampled es
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -102,8 +103,9 @@ class DSMLoss:
     ``time``: uniform, stratified, antithetic, lognormal, discrete or a ``TimeSampler``;
     ``weighting``: eps, snr, min_snr, v, velocity, edm, likelihood or a ``Weighting``.
     ``importance`` divides by p(t) (the loss then estimates int w(t) E||err||^2 dt).
-    ``label_dropout`` replaces integer labels by ``null_label`` with that probability,
-    for classifier-free guidance (Ho & Salimans 2022).
+    ``label_dropout`` replaces integer labels by ``null_label`` with that probability, and
+    floating condition vectors (B, ...) by all-NaN rows (the networks' null token), for
+    classifier-free guidance (Ho & Salimans 2022).
     Random draws, in order: t (B variates), eps (like x0), then the label-dropout mask,
     all from ``generator``.
     """
@@ -119,8 +121,6 @@ class DSMLoss:
         object.__setattr__(self, "time", make_time_sampler(self.time))
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.label_dropout > 0 and self.null_label is None:
-            raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
 
     def __call__(
         self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None
@@ -129,9 +129,14 @@ class DSMLoss:
         time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
         t = self.time(x0.shape[0], schedule, generator, x0.device, time_dtype)  # type: ignore[operator]
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if self.label_dropout > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
+        if self.label_dropout > 0 and isinstance(cond, Tensor):
             drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.label_dropout
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)  # type: ignore[arg-type]
+            if cond.is_floating_point():
+                cond = torch.where(append_dims(drop, cond.ndim), torch.full_like(cond, math.nan), cond)
+            elif self.null_label is None:
+                raise ValueError("label_dropout > 0 on class labels needs null_label (the network's 'no class' label)")
+            else:
+                cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
         per_sample = dsm_loss(denoiser, x0, t, noise, self.weighting, cond)
         if self.importance:
             per_sample = per_sample / self.time.density(t, schedule).to(per_sample)  # type: ignore[union-attr]
