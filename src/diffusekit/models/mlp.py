@@ -43,7 +43,9 @@ class MLP(nn.Module):
     (Ho & Salimans 2022) and ``cond=None`` means "unconditional"; when ``cond_dim`` is
     set instead, a condition vector (B, cond_dim) is embedded (``VectorEmbedding``, NaN rows
     and ``cond=None`` = the null token); either embedding is added to the time embedding.
-    The output layer is zero-initialised (``zero_init=True``).
+    The output layer is zero-initialised (``zero_init=True``). With ``learn_variance`` the
+    output has 2 * dim columns: the mean output, then the reverse-variance interpolation
+    (Nichol & Dhariwal 2021, eq. 15), which ``Denoiser.outputs`` splits.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class MLP(nn.Module):
         time_scale: float = 1.0,
         fourier_scale: float = 16.0,
         zero_init: bool = True,
+        learn_variance: bool = False,
         cond_dim: int | None = None,
     ) -> None:
         super().__init__()
@@ -70,6 +73,7 @@ class MLP(nn.Module):
                              f"{num_classes} and {cond_dim}")
         emb_dim = emb_dim or width
         self.dim = dim
+        self.learn_variance = learn_variance
         self.num_classes = num_classes
         freq_dim = max(16, 2 * ((min(width, 128) + 1) // 2))
         self.time_embed = NoiseEmbedding(
@@ -82,13 +86,13 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(MLPBlock(width, emb_dim, layer_norm, dropout) for _ in range(depth))
         self.out_norm: nn.Module = nn.LayerNorm(width) if layer_norm else nn.Identity()
-        self.out = nn.Linear(width, dim)
+        self.out = nn.Linear(width, 2 * dim if learn_variance else dim)
         if zero_init:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Return a tensor of the shape of x (B, dim)."""
+        """Return (B, dim), or (B, 2 dim) with ``learn_variance``."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
         b = x.shape[0]
