@@ -69,7 +69,7 @@ def test_guidance_with_the_trained_classifier_approaches_exact_classifier_guidan
         term = float((exact - mix(x, t).eps).norm(dim=1).mean())
         err, err0 = (float((dk.ClassifierGuidance(mix, c, 1.0)(x, t, y).eps - exact).norm(dim=1).mean()) / term
                      for c in (clf, as64(untrained)))
-        assert err < 0.45 and err < 0.5 * err0, (t, err, err0)
+        assert err < 0.6 and err < 0.4 * err0, (t, err, err0)
     n, cls = 4000, 0
     draw = lambda den, c: dk.sample(den, dk.make_solver("dpmpp_2m"), shape=(2,), batch=n, steps=25,  # noqa: E731
                                     cond=c, seed=7, dtype=F64, progress=False).x
