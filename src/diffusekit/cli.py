@@ -350,5 +350,89 @@ def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | No
     click.echo(f"-> {path}")
 
 
+@main.command()
+@click.argument("run_dir")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--solver", default="ddpm", show_default=True, help="solver name (stochastic ones suit replacement)")
+@click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations of the descent")
+@click.option("--resamples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="RePaint resamplings r (1: plain replacement)")
+@click.option("--jump", "jump_length", type=click.IntRange(min=1), default=10, show_default=True, help="RePaint jump length")
+@click.option("--weights", type=click.Choice(["mean", "rec601"]), default="mean", show_default=True,
+              help="luminance weights of the greyscale measurement")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help="output folder (default RUN_DIR/colorize)")
+def colorize(run_dir: str, input_path: str, solver: str, nfe: int, resamples: int, jump_length: int, weights: str,
+             seed: int, out: str | None) -> None:
+    """Colour greyscale images (a file, folder or .npy/.npz) with an RGB run; writes colorized.npz and grid.png."""
+    from .colorize import colorize as run_colorize
+    from .colorize import read_inputs, write_colorized
+    from .pipeline import load_run
+    from .solvers import make_solver
+
+    try:
+        run = load_run(run_dir)
+        shape = run.info.data_shape
+        if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+            raise ValueError(f"colorize needs a run trained on square RGB images (3, H, H), this run has data {shape}")
+        make_solver(solver)
+        images = read_inputs(input_path, shape[1])
+        target = Path(out or Path(run_dir) / "colorize")
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"--out {target} is a file; allowed: a folder")
+        result = run_colorize(run.denoiser, images, solver=solver, nfe=nfe, resamples=resamples,
+                              jump_length=jump_length, weights=weights, seed=seed, progress=True)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    npz, grid = write_colorized(result, target, images if images.shape[1] == 3 else None)
+    click.echo(f"{images.shape[0]} image(s) colorized with {solver} ({result.nfe} NFE) -> {npz}, {grid}")
+
+
+@main.command("train-imputer")
+@click.argument("run_dir")
+@click.option("--data", default="macrodata", show_default=True, help="macrodata, or a CSV of numeric columns (no blanks)")
+@click.option("--window", type=click.IntRange(min=2), default=24, show_default=True, help="window length (rows)")
+@click.option("--train-rows", type=click.IntRange(min=2), default=None, help="train on the first N rows only")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int | None, steps: int, seed: int,
+                          quiet: bool) -> None:
+    """Train a CSDI-style imputation model on a table of series (for `diffusekit impute`)."""
+    from .impute import train_imputer
+
+    trainer = _train(lambda: train_imputer(run_dir, data, window=window, train_rows=train_rows, steps=steps, seed=seed,
+                                           progress=not quiet))
+    click.echo(f"trained {trainer.step} steps; imputation run folder {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.argument("input_path", metavar="INPUT.csv")
+@click.option("--samples", type=click.IntRange(min=2), default=100, show_default=True, help="draws per cell")
+@click.option("--solver", default="ddpm", show_default=True, help="solver name")
+@click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help="output CSV (default INPUT-imputed.csv)")
+def impute(run_dir: str, input_path: str, samples: int, solver: str, nfe: int, seed: int, out: str | None) -> None:
+    """Impute the blank cells of a CSV (blank rows at the end: a forecast); writes medians and quantile columns."""
+    from .impute import impute_table, load_imputer, read_table, table_values, write_imputed
+    from .solvers import make_solver
+
+    try:
+        den, spec = load_imputer(run_dir)
+        make_solver(solver)
+        header, rows = read_table(input_path)
+        table = table_values(header, rows, spec.columns, input_path)
+        target = Path(out) if out is not None else Path(input_path).with_name(Path(input_path).stem + "-imputed.csv")
+        if target.suffix.lower() != ".csv" or target.is_dir():
+            raise ValueError(f"--out {target}: allowed a file name ending in .csv")
+        draws = impute_table(den, spec, table, samples, solver=solver, nfe=nfe, seed=seed)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    write_imputed(target, header, rows, spec.columns, draws)
+    click.echo(f"{int(table.isnan().sum())} cells imputed with {samples} draws each ({solver}, {nfe} NFE) -> {target}")
+
+
 if __name__ == "__main__":
     main()
