@@ -98,17 +98,22 @@ NFE = click.IntRange(1, MAX_NFE)
 @click.option("--no-resume", is_flag=True, help="refuse to continue a folder that already holds a trained run")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool) -> None:
-    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended)."""
+    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended).
+    Under torchrun, every process trains its shard of each global batch (data.batch_size)."""
     from .config import load_config
     from .pipeline import train_run
+    from .train.distributed import distributed_world
 
     try:
         cfg = load_config(config).with_overrides(list(overrides))
     except _INPUT_ERRORS as e:
         _refuse(e)
     run_dir = Path(out or f"runs/{cfg.name}")
-    trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet))
-    click.echo(f"trained {trainer.step} steps; run folder {run_dir} (loss curve {run_dir / 'loss.png'})")
+    with distributed_world() as world:
+        trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet, world=world))
+    if world.is_main:
+        click.echo(f"trained {trainer.step} steps on {world.size} process(es); run folder {run_dir} "
+                   f"(loss curve {run_dir / 'loss.png'})")
 
 
 def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) -> Path:
