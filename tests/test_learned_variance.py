@@ -349,3 +349,19 @@ def test_training_the_head_lowers_the_bound_below_both_fixed_variances() -> None
     for fixed in ("small", "large"):
         gap = bound["learned"] - bound[fixed]
         assert float(gap.mean()) < -3 * float(gap.std()) / math.sqrt(500), (fixed, float(gap.mean()))
+
+
+def test_hybrid_loss_rows_of_a_global_batch_are_the_whole_batch_split() -> None:
+    """Data-parallel ranks / micro-batches: the rows' draws are those of the whole batch; every part is recorded."""
+    den = _net_denoiser(steps=10)
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    whole = HybridLoss("hybrid", time="importance", decoder="gaussian")
+    parts = HybridLoss("hybrid", time="importance", decoder="gaussian")
+    full = whole(den, x0, generator=torch.Generator().manual_seed(1))
+    halves = [parts(den, x0[i:i + 4], generator=torch.Generator().manual_seed(1), offset=i, global_batch=8) for i in (0, 4)]
+    torch.testing.assert_close(torch.cat([h.per_sample for h in halves]), full.per_sample)
+    whole.after_step(den.net, 1)
+    parts.after_step(den.net, 1)
+    assert torch.equal(whole.importance.losses, parts.importance.losses) and int(parts.importance.count.sum()) == 8
+    with pytest.raises(ValueError, match="do not lie in a global batch of 8 rows"):
+        parts(den, x0[:4], offset=6, global_batch=8)
