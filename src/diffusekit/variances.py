@@ -83,7 +83,7 @@ def make_variance(variance: "str | ReverseVariance") -> ReverseVariance:
     """A ``ReverseVariance`` from a name in ``NAMED_VARIANCES`` or an instance."""
     if isinstance(variance, str):
         if variance not in NAMED_VARIANCES:
-            raise ValueError(f"variance must be one of {list(NAMED_VARIANCES)} or a ReverseVariance, got {variance!r}")
+            raise ValueError(f"variance must be one of {sorted(NAMED_VARIANCES)} or a ReverseVariance, got {variance!r}")
         return NAMED_VARIANCES[variance]
     if not isinstance(variance, ReverseVariance):
         raise TypeError(f"variance must be a name or a ReverseVariance, got {type(variance).__name__}")
