@@ -97,10 +97,21 @@ NFE = click.IntRange(1, MAX_NFE)
 @click.option("--out", "out", default=None, help="run folder (default runs/<name>)")
 @click.option("--no-resume", is_flag=True, help="refuse to continue a folder that already holds a trained run")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool) -> None:
+@click.option("--head", default=None, type=click.Choice(["sn", "npr"]),
+              help="instead: train an SN/NPR-DPM variance head on the frozen model of run folder CONFIG")
+@click.option("--head-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="steps of --head training")
+def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool, head: str | None,
+          head_steps: int) -> None:
     """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended)."""
     from .config import load_config
     from .pipeline import train_run
+
+    if head is not None:
+        from .run_variances import train_run_head
+
+        path = _train(lambda: train_run_head(config, head, steps=head_steps, progress=not quiet))
+        click.echo(f"trained a {head} head for {head_steps} steps -> {path}")
+        return
 
     try:
         cfg = load_config(config).with_overrides(list(overrides))
@@ -175,10 +186,12 @@ def _interval(text: str | None) -> tuple[float, float] | None:
               help="guide only where LO < sigma/alpha <= HI (conditional elsewhere)")
 @click.option("--cfg-rescale", "rescale", type=click.FloatRange(0, 1), default=None,
               help="rescale the guided x0 to the conditional one's std by this fraction phi")
+@click.option("--variance", default=None, help="ddpm/ddim reverse variance: analytic, sn, npr, small, large, learned")
+@click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
            options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
-           rescale: float | None, out: str | None) -> None:
+           rescale: float | None, variance: str | None, trajectory: str | None, out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class and with classifier-free guidance."""
     import numpy as np
 
@@ -191,7 +204,10 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
-        name = solver or run.config.sampling.solver
+        ancestral = variance is not None or trajectory is not None
+        name = solver or ("ddpm" if ancestral else run.config.sampling.solver)
+        if ancestral and grid is not None:
+            raise ValueError("--grid and --trajectory exclude each other; allowed: one of them")
         grid_rule(make_solver(name, **opts), grid)
         denoiser = run.denoiser
         cond, rows = None, None
@@ -208,8 +224,17 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     except _INPUT_ERRORS as e:
         _refuse(e)
     total = count * len(rows) if rows else count
-    sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
-                          grid=grid, cond=cond, progress=True, **opts)
+    if ancestral:
+        from .run_variances import sample_with_variance
+
+        try:
+            sol = sample_with_variance(run, run_dir, name, variance or "small", trajectory or "even",
+                                       nfe or run.config.sampling.nfe, total, seed=seed, cond=cond, **opts)
+        except _INPUT_ERRORS as e:
+            _refuse(e)
+    else:
+        sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
+                              grid=grid, cond=cond, progress=True, **opts)
     if path.suffix.lower() == ".png":
         save_image_grid(sol.x, path, nrow=count if rows else int(count**0.5) or 1, scale=4, row_labels=rows)
     else:
@@ -288,11 +313,24 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="items per likelihood batch")
 @click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
               help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
+@click.option("--vlb", "vlb_only", is_flag=True,
+              help="instead: the bound of the ddpm sampler with --variance on --trajectory at K = --nfe steps")
+@click.option("--variance", default="small", show_default=True, help="with --vlb: analytic, sn, npr, small, large, learned")
+@click.option("--trajectory", default="even", show_default=True, help="with --vlb: even, quadratic, dp")
 @click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
-                 batch: int, nll_options: tuple[str, ...], out: str | None, quiet: bool) -> None:
+                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str, trajectory: str,
+                 out: str | None, quiet: bool) -> None:
     """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB."""
+    if vlb_only:
+        from .run_variances import vlb_command
+
+        try:
+            click.echo(vlb_command(run_dir, variance, trajectory, nfe, count, seed, batch, out, progress=not quiet))
+        except _INPUT_ERRORS as e:
+            _refuse(e)
+        return
     from .evaluate import evaluate_run, format_table
     from .files import atomic_write_text
     from .metrics import InceptionUnavailableError
