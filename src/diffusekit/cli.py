@@ -102,9 +102,11 @@ NFE = click.IntRange(1, MAX_NFE)
 @click.option("--head-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="steps of --head training")
 def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool, head: str | None,
           head_steps: int) -> None:
-    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended)."""
+    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended).
+    Under torchrun, every process trains its shard of each global batch (data.batch_size)."""
     from .config import load_config
     from .pipeline import train_run
+    from .train.distributed import distributed_world
 
     if head is not None:
         from .run_variances import train_run_head
@@ -118,8 +120,11 @@ def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: b
     except _INPUT_ERRORS as e:
         _refuse(e)
     run_dir = Path(out or f"runs/{cfg.name}")
-    trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet))
-    click.echo(f"trained {trainer.step} steps; run folder {run_dir} (loss curve {run_dir / 'loss.png'})")
+    with distributed_world() as world:
+        trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet, world=world))
+    if world.is_main:
+        click.echo(f"trained {trainer.step} steps on {world.size} process(es); run folder {run_dir} "
+                   f"(loss curve {run_dir / 'loss.png'})")
 
 
 def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) -> Path:

@@ -33,9 +33,12 @@ class Prediction:
     one through ``x_t = alpha x0 + sigma eps``. A solver that reads only ``x0`` thus
     never pays for ``eps``, and neither estimate needs a division that may be singular
     when it comes from the network output.
+
+    ``var_interp`` is the learned reverse-variance interpolation v of a network with a
+    variance head (Nichol & Dhariwal 2021, eq. 15; ``learned_variance.py``), else None.
     """
 
-    __slots__ = ("x_t", "alpha", "sigma", "_x0", "_eps", "_raw")
+    __slots__ = ("x_t", "alpha", "sigma", "_x0", "_eps", "_raw", "var_interp")
 
     def __init__(
         self,
@@ -46,11 +49,13 @@ class Prediction:
         eps: Tensor | None = None,
         *,
         raw: tuple[Tensor, "Coefficients"] | None = None,
+        var_interp: Tensor | None = None,
     ) -> None:
         if x0 is None and eps is None and raw is None:
             raise ValueError("a Prediction needs x0, eps or the raw network output")
         self.x_t, self.alpha, self.sigma = x_t, alpha, sigma
         self._x0, self._eps, self._raw = x0, eps, raw
+        self.var_interp = var_interp
 
     @property
     def x0(self) -> Tensor:
@@ -90,11 +95,11 @@ class Prediction:
 
     def with_x0(self, x0: Tensor) -> "Prediction":
         """The same point with a new data estimate (clipping, constraints); eps follows from x_t."""
-        return Prediction(self.x_t, self.alpha, self.sigma, x0)
+        return Prediction(self.x_t, self.alpha, self.sigma, x0, var_interp=self.var_interp)
 
     def with_eps(self, eps: Tensor) -> "Prediction":
         """The same point with a new noise estimate (guidance); x0 follows from x_t."""
-        return Prediction(self.x_t, self.alpha, self.sigma, None, eps)
+        return Prediction(self.x_t, self.alpha, self.sigma, None, eps, var_interp=self.var_interp)
 
     def __repr__(self) -> str:
         return f"Prediction(shape={tuple(self.x_t.shape)}, dtype={self.x_t.dtype})"

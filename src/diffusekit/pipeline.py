@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from .files import atomic_write_text, remove_orphan_temp_files
 from .image_grid import save_image_grid
 from .losses import DSMLoss
 from .models import mlp_preset, unet_preset
+from .noise import sample_keys
 from .sample import GRID_POLICIES, Solution, grid_rule, sample, steps_for_nfe
 from .schedules import GRIDS, make_grid, make_schedule
 from .solvers import make_solver
@@ -40,16 +41,21 @@ from .train import (
     newest_checkpoint,
 )
 from .train.checkpoint import check_compatible, copy_weights
+from .train.distributed import World, gather_rows, per_rank_batch, shard
 
 Report = Callable[[str], None]
 
 #: Settings that may change when a run is continued: they do not change what was trained so far.
-CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every")
+CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "optim.accumulate")
 
 
 def to_stderr(message: str) -> None:
     """The default ``report``: one line on stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+def _silent(message: str) -> None:
+    """The ``report`` of ranks other than 0."""
 
 
 @dataclass(frozen=True)
@@ -179,14 +185,19 @@ def _existing_run(run: Path) -> tuple[RunConfig | None, RunInfo | None, bool]:
     return cfg, info, has_ckpt
 
 
-def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> PreparedRun:
+def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True,
+                world: World | None = None) -> PreparedRun:
     """Check everything a training run needs -- config, names, data, the folder, its checkpoints -- without writing.
 
     A folder with checkpoints is continued if its config differs at most in :data:`CONTINUABLE` settings and
-    its newest good checkpoint is at most ``cfg.steps`` (``resume=False`` refuses it instead).
+    its newest good checkpoint is at most ``cfg.steps`` (``resume=False`` refuses it instead). With a ``world``
+    of several processes, the network goes to ``world.device`` and the loader gives this rank's shard of each
+    global batch of ``data.batch_size`` rows.
     """
+    world = world or World()
     check_config(cfg)
     check_names(cfg)
+    per_rank_batch(cfg.data.batch_size, world.size, cfg.optim.accumulate)
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise ValueError(f"run folder {run} is a file; allowed: a folder (new or holding a run)")
@@ -211,9 +222,9 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
     if has_ckpt and old_info is not None and old_info != info:
         raise ValueError(f"{run} was trained on data of shape {old_info.data_shape} with {old_info.num_classes} classes; "
                          f"{cfg.data.name} gives {info.data_shape} with {info.num_classes}; choose another --out")
-    denoiser = build_denoiser(cfg, info)
+    denoiser = build_denoiser(cfg, info).to(world.device)
     loader = ArrayLoader(x, y if cfg.data.labels else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
-                         flip=cfg.data.flip)
+                         flip=cfg.data.flip, rank=world.rank, world_size=world.size)
     dc = cfg.diffusion
     loss = DSMLoss(  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)
         weighting=dc.weighting,
@@ -225,7 +236,7 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
     tcfg = TrainConfig(
         lr=oc.lr, weight_decay=oc.weight_decay, warmup_steps=oc.warmup_steps, grad_clip=oc.grad_clip,
         decay_steps=cfg.steps if oc.lr_schedule == "cosine" and cfg.steps > oc.warmup_steps else None,
-        ema_half_life=oc.ema_half_life, bf16=oc.bf16, seed=cfg.seed, log_every=cfg.log_every,
+        ema_half_life=oc.ema_half_life, precision=oc.precision, accumulate=oc.accumulate, seed=cfg.seed, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
         sample_every=cfg.sample_every, progress=progress,
     )
@@ -243,19 +254,24 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True,
-              report: Report = to_stderr) -> Trainer:
+              report: Report = to_stderr, world: World | None = None) -> Trainer:
     """Train (or continue) a run in ``run_dir``; writes config, checkpoints, metrics, loss curve and samples.
 
     Everything is checked first (:func:`prepare_run`); ``report`` gets one line per notable event
-    (orphan temporary files removed, bad checkpoints skipped, where training resumes).
+    (orphan temporary files removed, bad checkpoints skipped, where training resumes). With a ``world``
+    of several processes (torchrun), every rank calls this; rank 0 writes and reports.
     """
-    p = prepare_run(cfg, run_dir, resume=resume, progress=progress)
+    world = world or World()
+    p = prepare_run(cfg, run_dir, resume=resume, progress=progress and world.is_main, world=world)
     run, info = p.run_dir, p.info
-    for f in remove_orphan_temp_files(run, run / "checkpoints", run / "samples"):
-        report(f"removed {f} (a temporary file left by an interrupted write)")
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "config.toml", cfg.to_toml())
-    atomic_write_text(run / "run.json", info.to_json())
+    if not world.is_main:
+        report = _silent
+    else:
+        for f in remove_orphan_temp_files(run, run / "checkpoints", run / "samples"):
+            report(f"removed {f} (a temporary file left by an interrupted write)")
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.toml", cfg.to_toml())
+        atomic_write_text(run / "run.json", info.to_json())
 
     def grid_fn(den: Denoiser, step: int, folder: Path | None) -> None:
         if folder is None or len(info.data_shape) != 3:
@@ -264,7 +280,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, progr
         save_image_grid(sol.x, folder / "samples" / f"step-{step:08d}.png", nrow=8, scale=4)
 
     trainer = Trainer(p.denoiser, p.loader, p.loss, p.train_config, run_dir=run,
-                      sample_fn=grid_fn if cfg.sample_every else None, meta=run_meta(cfg, info))
+                      sample_fn=grid_fn if cfg.sample_every else None, meta=run_meta(cfg, info), world=world)
     resumed = trainer.resume()
     for path, reason in trainer.skipped_checkpoints:
         report(f"skipped checkpoint {path.name}: {reason}; renamed to {path.name}.corrupt")
@@ -350,13 +366,28 @@ def sample_denoiser(
     cond: Tensor | None = None,
     save_trajectory: bool = False,
     progress: bool = False,
+    world: World | None = None,
     **options: Any,
 ) -> Solution:
-    """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls."""
+    """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls.
+
+    With a ``world`` of several processes each rank samples its :func:`shard` of the ``n`` indices
+    with those indices' own noise streams (``noise.sample_keys``) and the samples are gathered on
+    every rank in index order: the same items as one process (a fixed-step solver's samples do not
+    depend on the batch; an adaptive solver's steps follow each shard's own error estimate).
+    The trajectory, if saved, is this rank's shard's.
+    """
     solver = make_solver(solver_name, **options)
     steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
     g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)
-    return sample(
-        denoiser, solver, shape=info.data_shape, batch=n, grid=g, seed=seed, cond=cond,
-        save_trajectory=save_trajectory, progress=progress,
+    world = world or World()
+    if n < world.size:
+        raise ValueError(f"cannot share {n} samples among {world.size} processes; allowed: at least {world.size} samples")
+    rows = shard(n, world)
+    index = torch.arange(n)[rows]
+    sol = sample(
+        denoiser, solver, shape=info.data_shape, batch=index.numel(), grid=g,
+        seed=sample_keys(seed, index) if world.distributed else seed, cond=None if cond is None else cond[rows],
+        save_trajectory=save_trajectory, progress=progress and world.is_main,
     )
+    return replace(sol, x=gather_rows(sol.x, world)) if world.distributed else sol

@@ -79,7 +79,7 @@ def run_variance(run: LoadedRun, run_dir: str | Path, name: str, *, eta: float =
         return make_variance(name, moments=moments_of(run, run_dir, samples), eta=eta, first_step_clip=first_step_clip)
     if name in HEAD_KINDS:
         return make_variance(name, head=load_head(run_dir, name), eta=eta, first_step_clip=first_step_clip)
-    return make_variance(name, denoiser=run.denoiser, eta=eta)  # the learned variance (Nichol & Dhariwal 2021)
+    return make_variance(name)  # learned (Nichol & Dhariwal 2021): read from the model's variance head
 
 
 def run_trajectory(run: LoadedRun, run_dir: str | Path, name: str, k: int, *, eta: float = 1.0,

@@ -41,7 +41,9 @@ class MLP(nn.Module):
     ``num_classes`` is set, labels in ``[0, num_classes]`` are embedded with an
     extra null label ``num_classes`` for classifier-free guidance
     (Ho & Salimans 2022) and ``cond=None`` means "unconditional".
-    The output layer is zero-initialised (``zero_init=True``).
+    The output layer is zero-initialised (``zero_init=True``). With ``learn_variance`` the
+    output has 2 * dim columns: the mean output, then the reverse-variance interpolation
+    (Nichol & Dhariwal 2021, eq. 15), which ``Denoiser.outputs`` splits.
     """
 
     def __init__(
@@ -58,12 +60,14 @@ class MLP(nn.Module):
         time_scale: float = 1.0,
         fourier_scale: float = 16.0,
         zero_init: bool = True,
+        learn_variance: bool = False,
     ) -> None:
         super().__init__()
         if dim < 1 or width < 1 or depth < 1:
             raise ValueError(f"dim, width and depth must be >= 1, got dim={dim}, width={width}, depth={depth}")
         emb_dim = emb_dim or width
         self.dim = dim
+        self.learn_variance = learn_variance
         self.num_classes = num_classes
         freq_dim = max(16, 2 * ((min(width, 128) + 1) // 2))
         self.time_embed = NoiseEmbedding(
@@ -74,13 +78,13 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(MLPBlock(width, emb_dim, layer_norm, dropout) for _ in range(depth))
         self.out_norm: nn.Module = nn.LayerNorm(width) if layer_norm else nn.Identity()
-        self.out = nn.Linear(width, dim)
+        self.out = nn.Linear(width, 2 * dim if learn_variance else dim)
         if zero_init:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Return a tensor of the shape of x (B, dim)."""
+        """Return (B, dim), or (B, 2 dim) with ``learn_variance``."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
         b = x.shape[0]
