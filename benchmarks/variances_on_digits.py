@@ -7,7 +7,7 @@ A DDPM (1,000-step linear schedule, eps prediction, L_simple) on the 1,797 sklea
 trained into ``--run`` if it has no checkpoint. Then, from the run folder (``run_variances``):
 Analytic-DPM's noise moments (M = 100 per step, all 1,000 steps), SN and NPR heads (2,000 steps
 each on the frozen model), and for K in 10, 25, 50, 100, every variance (small, large, analytic,
-sn, npr; learned when ``make_variance("learned")`` exists) on the even and the DP trajectory:
+sn, npr; learned for a run trained with ``model.learn_variance``) on the even and the DP trajectory:
 
 - the bound (Ho et al. 2020, eq. 5) in bits/dim on 500 real digits with the discretised Gaussian
   decoder of the 17-level data lattice (one noise draw per step and item; its standard error);
@@ -84,11 +84,10 @@ def main() -> None:
     x_bound = x_train[torch.randperm(x_train.shape[0], generator=gen)[: args.n_bound]]
     rows = []
     for variance in VARIANCES:
-        try:
-            rule = run_variance(run, run_dir, variance)
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            print(f"{variance}: not available ({e})")
+        if variance == "learned" and not run.denoiser.learns_variance:
+            print("learned: not available (this run has no variance head; train one with model.learn_variance = true)")
             continue
+        rule = run_variance(run, run_dir, variance)
         for traj in ("even", "dp"):
             for k in KS:
                 idx = run_trajectory(run, run_dir, traj, k)
