@@ -97,12 +97,23 @@ NFE = click.IntRange(1, MAX_NFE)
 @click.option("--out", "out", default=None, help="run folder (default runs/<name>)")
 @click.option("--no-resume", is_flag=True, help="refuse to continue a folder that already holds a trained run")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool) -> None:
+@click.option("--head", default=None, type=click.Choice(["sn", "npr"]),
+              help="instead: train an SN/NPR-DPM variance head on the frozen model of run folder CONFIG")
+@click.option("--head-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="steps of --head training")
+def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool, head: str | None,
+          head_steps: int) -> None:
     """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended).
     Under torchrun, every process trains its shard of each global batch (data.batch_size)."""
     from .config import load_config
     from .pipeline import train_run
     from .train.distributed import distributed_world
+
+    if head is not None:
+        from .run_variances import train_run_head
+
+        path = _train(lambda: train_run_head(config, head, steps=head_steps, progress=not quiet))
+        click.echo(f"trained a {head} head for {head_steps} steps -> {path}")
+        return
 
     try:
         cfg = load_config(config).with_overrides(list(overrides))
@@ -187,25 +198,27 @@ def _interval(text: str | None) -> tuple[float, float] | None:
               help="energy guidance: low-density (away from the class-mean features, Sehwag et al. 2022)")
 @click.option("--scale", "guide_scale", type=click.FloatRange(min=0), default=None,
               help="scale s of --classifier or --energy guidance (default 1)")
+@click.option("--variance", default=None, help="ddpm/ddim reverse variance: analytic, sn, npr, small, large, learned")
+@click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
            options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
-           out: str | None) -> None:
+           variance: str | None, trajectory: str | None, out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
-    or low-density guidance. Under torchrun, each process samples its share of the seeds (the same samples
-    as one process)."""
+    or low-density guidance; DDPM/DDIM with an optimal or learned reverse variance on a chosen trajectory.
+    Under torchrun, each process samples its share of the seeds (the same samples as one process)."""
     from .train.distributed import distributed_world
 
     with distributed_world() as world:
         _sample(run_dir, solver, nfe, count, seed, grid, options, which, scale, interval, rescale, classifier,
-                energy, guide_scale, out, world)
+                energy, guide_scale, variance, trajectory, out, world)
 
 
 def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
             options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
             rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
-            out: str | None, world: Any) -> None:
+            variance: str | None, trajectory: str | None, out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
@@ -219,8 +232,11 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
         run.denoiser.to(world.device)
-        name = solver or run.config.sampling.solver
-        grid = grid if grid is not None or solver is not None else run.config.sampling.grid  # the run's own grid
+        ancestral = variance is not None or trajectory is not None
+        if ancestral and grid is not None:
+            raise ValueError("--grid and --trajectory exclude each other; allowed: one of them")
+        name = solver or ("ddpm" if ancestral else run.config.sampling.solver)
+        grid = grid if grid is not None or solver is not None or ancestral else run.config.sampling.grid  # the run's own
         grid_rule(make_solver(name, **opts), grid)
         cond, rows = None, None
         if which is not None:
@@ -234,9 +250,16 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         _refuse(e)
     total = count * len(rows) if rows else count
     try:
-        sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
-                              grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
-                              world=world, **opts)
+        if ancestral:
+            from .run_variances import sample_with_variance
+
+            sol = sample_with_variance(run, run_dir, name, variance or "small", trajectory or "even",
+                                       nfe or run.config.sampling.nfe, total, seed=seed, cond=cond, denoiser=denoiser,
+                                       **opts)
+        else:
+            sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
+                                  grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
+                                  world=world, **opts)
     except _INPUT_ERRORS as e:
         _refuse(e)
     if not world.is_main:
@@ -343,12 +366,25 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="items per likelihood batch")
 @click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
               help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
+@click.option("--vlb", "vlb_only", is_flag=True,
+              help="instead: the bound of the ddpm sampler with --variance on --trajectory at K = --nfe steps")
+@click.option("--variance", default="small", show_default=True, help="with --vlb: analytic, sn, npr, small, large, learned")
+@click.option("--trajectory", default="even", show_default=True, help="with --vlb: even, quadratic, dp")
 @click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
-                 batch: int, nll_options: tuple[str, ...], out: str | None, quiet: bool) -> None:
+                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str, trajectory: str,
+                 out: str | None, quiet: bool) -> None:
     """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB.
     Under torchrun, sampling and feature extraction are shared among the processes."""
+    if vlb_only:
+        from .run_variances import vlb_command
+
+        try:
+            click.echo(vlb_command(run_dir, variance, trajectory, nfe, count, seed, batch, out, progress=not quiet))
+        except _INPUT_ERRORS as e:
+            _refuse(e)
+        return
     from .evaluate import evaluate_run, format_table
     from .files import atomic_write_text
     from .metrics import InceptionUnavailableError
