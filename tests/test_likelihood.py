@@ -56,9 +56,8 @@ def test_exact_trace_matches_oracle(name: str) -> None:
     res = ode_log_likelihood(mix, x, divergence="exact", prior=exact_prior(mix))
     err = nll_error(mix, res, x, t_eps)
     assert float(err.abs().max()) < 0.01, err
-    assert bool((res.std_error == 0).all())
+    torch.testing.assert_close(res.std_error, res.quadrature_error)  # exact trace: the quadrature is the only error
     torch.testing.assert_close(res.log_p, res.prior_log_p + res.delta_log_p)
-    torch.testing.assert_close(res.bits_per_dim, -res.log_p / (3 * math.log(2)))
 
 
 def test_default_prior_is_the_schedule_prior() -> None:
@@ -109,7 +108,7 @@ def test_parameterizations(name: str, param: str) -> None:
     [
         {"variable": "lambda"},
         {"variable": "edm"},
-        {"method": "rk4", "steps": 48},
+        {"method": "rk4", "steps": 48, "quadrature": None},
         {"method": "dopri8", "rtol": 1e-6, "atol": 1e-6},
         {"quadrature": 20},
         {"mode": "forward"},
@@ -158,9 +157,9 @@ def test_single_probe_has_no_standard_error_and_probes_are_seeded() -> None:
     schedule = dk.VPSchedule()
     mix = smooth_mixture(schedule, dim=3)
     x = mix.sample(8, seed=1, t=schedule.t_min)
-    a = ode_log_likelihood(mix, x, divergence="hutchinson", probes=1, seed=5)
-    b = ode_log_likelihood(mix, x, divergence="hutchinson", probes=1, seed=5)
-    c = ode_log_likelihood(mix, x, divergence="hutchinson", probes=1, seed=6)
+    a = ode_log_likelihood(mix, x, divergence="hutchinson", probes=1, seed=5, quadrature=None)
+    b = ode_log_likelihood(mix, x, divergence="hutchinson", probes=1, seed=5, quadrature=None)
+    c = ode_log_likelihood(mix, x, divergence="hutchinson", probes=1, seed=6, quadrature=None)
     assert bool(a.std_error.isnan().all())
     torch.testing.assert_close(a.log_p, b.log_p)
     assert not torch.allclose(a.log_p, c.log_p)
