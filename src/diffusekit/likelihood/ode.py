@@ -22,23 +22,29 @@ Hutchinson-Skilling estimate E[v^T J v] (Skilling 1989; Hutchinson 1990; FFJORD,
 Grathwohl et al. 2019) with P Rademacher or Gaussian probes and the standard
 error over probes.
 
-Two ways to integrate the log-determinant:
+Three ways to integrate the log-determinant:
 
+- ``quadrature='adaptive'`` (default): solve the trajectory alone (dopri5, rtol = atol = 1e-3),
+  then integrate the divergence over log-SNR by composite Boole panels (``quadrature.PanelRule``)
+  on the solver's dense output, halving the panel with the largest |Boole - Simpson| estimate
+  until the summed estimate is below tol / 4 nats/dim for every sample (at most ``max_nodes``).
+  The error estimate is driven by two common probes per node (the same vectors at every node,
+  so their integrand is smooth); the estimate itself uses fresh probes per node, Neyman-allocated
+  until 99% of the samples have a Hutchinson standard error below ``tol`` nats/dim (or
+  ``max_probes`` per node on average are spent). Trajectory-defect correction: for any path y(phi)
+  from x, log p_0(x) = log p_1(y_1) + int [div f(y) - grad log p(y) . (y' - f(y))] dphi exactly,
+  with grad_y log p = -E[eps | y] / sin(phi) from the model; y' is the dense output's derivative
+  (central differences), so a loose solver tolerance costs no accuracy (on the 64-d anisotropic
+  mixture at rtol 1e-3: error 0.064 nats/dim without the term, 8e-4 with it). The reported
+  ``std_error`` is sqrt(Hutchinson variance + quadrature estimate^2). Measured limits: while the
+  panels do not yet resolve the narrowest mode both rules can miss the same structure and the
+  estimate is then too small (tests/test_likelihood_defaults.py; benchmarks/RESULTS.md).
 - ``quadrature=None``: the classic augmented ODE [y, log-det] (FFJORD; score SDE),
   with each probe fixed along the path, so its variance is that of one probe
   on the path-integrated Jacobian.
-- ``quadrature=Q``: solve the trajectory alone (the solver's dense output gives
-  y at the nodes), then integrate the divergence by Q-point Gauss-Legendre
-  quadrature in phi, with fresh probes at every node. The integrand is smooth in
-  phi, so the quadrature converges spectrally; the divergence is needed at Q
-  points instead of at every solver stage, and independent probes per node cut
-  the Hutchinson variance by about Q. The standard error is the stratified one,
-  sqrt(sum_q w_q^2 s_q^2 / P). The nodes do not adapt: densities with structure
-  at small noise levels (narrow components, dequantized images with a small
-  t_eps) need many more nodes or the augmented ODE. On the oracle, a 4-d mixture
-  of components with std 0.3 / 0.05 / 0.01 gives a worst per-sample error of
-  9e-3 / 4e-2 / 1e-1 nats/dim with 16 nodes, 2e-4 / 1e-3 / 4e-3 with 64, and
-  7e-4 / 6e-4 / 3e-3 with the augmented ODE; compare two Q to check.
+- ``quadrature=Q``: Q-point Gauss-Legendre quadrature in phi on the dense output, with fresh
+  probes at every node; the standard error is the stratified one, sqrt(sum_q w_q^2 s_q^2 / P).
+  The nodes do not adapt: densities with structure at small noise levels need many more nodes.
 
 t_eps. The result is log p_{t_eps}(x): the model's marginal density at t_eps
 with ``x`` taken as the state there (no noise is added). As in score SDE
@@ -79,10 +85,13 @@ class LikelihoodResult:
     """Per-sample results of ``ode_log_likelihood`` (float64 tensors of shape (B,)).
 
     ``log_p`` = ``prior_log_p`` + ``delta_log_p``, in nats per sample, is the
-    estimate of log p_{t_eps}(x). ``std_error`` is the Hutchinson standard error
-    of ``log_p`` (0 when exact, NaN with a single probe). ``nfe`` counts model
-    evaluations: trajectory right-hand sides plus divergence evaluations (each of
-    those is one primal pass with P or D batched JVP/VJPs). ``latent`` is x at
+    estimate of log p_{t_eps}(x). ``std_error`` is its standard error: Hutchinson's
+    combined with the adaptive quadrature's error estimate ``quadrature_error`` (0 for
+    the exact trace with fixed rules, NaN with a single probe). ``nfe`` counts model
+    forward passes per sample (trajectory right-hand sides, one per node, and in forward
+    mode one per JVP); ``vjps`` the vector-Jacobian products (reverse mode); ``nodes`` the
+    adaptive rule's node count. ``bits_per_dim`` includes the data-scaling term of
+    ``n_bits`` data on ``data_range``. ``latent`` is x at
     ``t_max``; ``probe_log_p`` (B, P) holds the per-probe estimates of the
     augmented ODE (None when exact or with quadrature).
     """
@@ -293,7 +302,7 @@ def _adaptive_quadrature(
     phi0, phi1 = angle.phi0, angle.phi1
     in_lambda = 0.0 < phi0 and phi1 < math.pi / 2  # else (an end at infinite log-SNR) in phi
     u0, u1 = (-math.log(math.tan(phi1)), -math.log(math.tan(phi0))) if in_lambda else (phi0, phi1)
-    rule = PanelRule(u0, u1, panels=4, depth=2)
+    rule = PanelRule(u0, u1, panels=4, depth=3)
     n_grid = len(rule.grid)
     if max_nodes < 9:
         raise ValueError(f"max_nodes must be at least 9, got {max_nodes}")
@@ -406,7 +415,7 @@ def ode_log_likelihood(
     steps: int = 32,
     variable: str = "angle",
     quadrature: str | int | None = "adaptive",
-    max_nodes: int = 45,
+    max_nodes: int = 49,
     defect_correction: bool = True,
     allocation: str = "adaptive",
     mode: str = "reverse",
