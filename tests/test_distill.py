@@ -140,6 +140,32 @@ def test_one_step_consistency_sampling_of_the_exact_function_is_the_exact_ode_sa
     assert two.nfe == 2 and bool(two.x.isfinite().all())
 
 
+def test_consistency_sampling_continues_from_a_projection_made_after_a_step() -> None:
+    """The solver contract (tests/test_contracts.py): each step evaluates f at the x the loop hands it."""
+    schedule = dk.EDMSchedule()
+    oracle = smooth_mixture(schedule, dim=2)
+    seen: list[torch.Tensor] = []
+
+    def spy(x: torch.Tensor, t: float, cond: object = None) -> dk.Prediction:
+        seen.append(x.clone())
+        return oracle(x, t, cond)
+
+    spy.schedule = schedule  # type: ignore[attr-defined]
+
+    class Shift:
+        def on_prediction(self, pred, t):  # type: ignore[no-untyped-def]
+            return pred
+
+        def after_step(self, x, step, ctx):  # type: ignore[no-untyped-def]
+            return x + 1.0 if step.i == 0 else x
+
+    dk.sample(spy, dk.make_solver("consistency"), shape=(2,), batch=3, steps=3, constraints=[Shift()], progress=False)
+    plain: list[torch.Tensor] = []
+    seen, kept = plain, seen
+    dk.sample(spy, dk.make_solver("consistency"), shape=(2,), batch=3, steps=3, progress=False)
+    torch.testing.assert_close(kept[1], plain[1] + 1.0)  # same noise, the projected x was used
+
+
 def test_the_consistency_curriculum_and_levels() -> None:
     assert [curriculum(k, 800) for k in (0, 99, 100, 200, 799)] == [11, 11, 21, 41, 1281]
     t = consistency_times(dk.EDMSchedule(), 18, 0.002)
