@@ -354,6 +354,33 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
     _train(lambda: digits_demo(out, steps=steps, progress=not quiet))
 
 
+@main.command()
+@click.argument("run_dir")
+@click.option("--method", required=True, help="progressive, consistency, consistency-training or reflow")
+@click.option("--to", "to", type=click.IntRange(min=1), default=1, show_default=True, help="sampling steps of the result")
+@click.option("--out", default=None, help="run folder of the result (default RUN_DIR-METHOD-K)")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="training steps (per stage / per reflow round)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="learning rate")
+@click.option("--from", "start", type=click.IntRange(min=2), default=None, help="progressive: the first teacher's DDIM steps")
+@click.option("--solver", default=None, help="consistency: the teacher's ODE solver step (default heun)")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="reflow: rounds (default 1)")
+@click.option("--couplings", type=click.IntRange(min=1), default=None, help="reflow: couplings per round (default 4000)")
+@click.option("--one-step", is_flag=True, help="reflow: distil the last flow to one step")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def distill(run_dir: str, method: str, to: int, out: str | None, quiet: bool, **options: Any) -> None:
+    """Few-step students of a trained run (progressive distillation, consistency models, reflow); each result
+    is an ordinary run folder that samples with its own solver and step count."""
+    from .distill.command import prepare_distill
+
+    try:
+        _, target, action = prepare_distill(run_dir, method, out, to, **options)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    _train(lambda: action(not quiet))
+    click.echo(f"{method}: run folder {target} (samples with {to} step{'s' if to > 1 else ''}; "
+               f"`diffusekit sample {target}`)")
+
+
 @main.command("eval")
 @click.argument("run_dir")
 @click.option("--metrics", default=None,
