@@ -185,6 +185,8 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
 @click.option("--class", "which", default=None, metavar="K|all",
               help="class-conditional runs: samples of class K, or all: --n of each class, one grid row per class")
+@click.option("--cond", "vector", default=None, metavar="V[,V...]",
+              help="runs trained with data.condition = vector: the condition vector of every sample")
 @click.option("--cfg", "scale", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale w (0 unconditional, 1 conditional, > 1 guided; needs --class)")
 @click.option("--cfg-interval", "interval", default=None, metavar="LO,HI",
@@ -202,7 +204,7 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-           options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
+           options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
            variance: str | None, trajectory: str | None, out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
@@ -211,19 +213,19 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     from .train.distributed import distributed_world
 
     with distributed_world() as world:
-        _sample(run_dir, solver, nfe, count, seed, grid, options, which, scale, interval, rescale, classifier,
-                energy, guide_scale, variance, trajectory, out, world)
+        _sample(run_dir, solver, nfe, count, seed, grid, options, which, vector, scale, interval, rescale,
+                classifier, energy, guide_scale, variance, trajectory, out, world)
 
 
 def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-            options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
+            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
             rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
             variance: str | None, trajectory: str | None, out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
     from .image_grid import save_image_grid
-    from .cli_guidance import guided_from_options
+    from .cli_guidance import guided_from_options, vector_condition
     from .pipeline import class_count, load_run, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
@@ -242,7 +244,11 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         if which is not None:
             num_classes = run.info.num_classes if classifier is not None and energy is None else None
             cond, rows = _classes(which, num_classes or class_count(run, "--class"), count)
-        denoiser, note = guided_from_options(run, run_dir, which=which, cfg=scale, interval=_interval(interval),
+        if vector is not None:
+            if which is not None:
+                raise ValueError("give --class (class labels) or --cond (a condition vector), not both")
+            cond = vector_condition(run, vector, count)
+        denoiser, note = guided_from_options(run, run_dir, which=which if vector is None else vector, cfg=scale, interval=_interval(interval),
                                              rescale=rescale, classifier=classifier, energy=energy,
                                              scale=guide_scale)
         path = _output_path(out, Path(run_dir), run.info.data_shape)
@@ -273,7 +279,8 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
                 np.save(f, x.numpy())
 
         atomic_write(path, write)
-    guided = f", class {which}" + (f", {note}" if note else "") if which is not None else ""
+    guided = (f", class {which}" if which is not None else f", condition {vector}" if vector is not None else "") + (
+        f", {note}" if note else "")
     shared = f" on {world.size} processes" if world.distributed else ""
     click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}){shared} -> {path}")
 

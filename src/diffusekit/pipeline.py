@@ -393,7 +393,8 @@ def guided_denoiser(run: LoadedRun, scale: float, *, interval: tuple[float, floa
     or rescaling is the conditional denoiser itself (one network call per step instead of two)."""
     from .guidance import ClassifierFreeGuidance
 
-    class_count(run, "classifier-free guidance")
+    if run.config.data.condition != "vector":
+        class_count(run, "classifier-free guidance")
     if run.config.diffusion.p_uncond == 0 and scale != 1:
         raise ValueError(f"this run was trained with diffusion.p_uncond = 0, so it has no unconditional model; "
                          f"allowed: guidance scale 1 (the conditional model), got {scale!r}")
