@@ -1,7 +1,7 @@
 """Controllable generation and inverse problems on the one sampling loop (issue 15).
 
 Operators (``operators``), inpainting by replacement and RePaint (``inpainting``), SDEdit
-(``sdedit``), DPS (``dps``), DDNM (``ddnm``), twisted SMC (``smc``) and the comparison of
+(``sdedit``), DPS (``dps``), DDNM (``ddnm``), PiGDM (``pigdm``), twisted SMC and TDS (``smc``) and the comparison of
 samples with the exact posterior of the oracle (``evaluation``).
 """
 
@@ -11,9 +11,10 @@ from .evaluation import PosteriorReport, compare_to_posterior
 from .inpainting import Replacement, repaint_grid, repaint_times
 from .operators import AvgPool, GaussianBlur, LinearOperator, Mask
 from .sdedit import ode_edit, sdedit
-from .smc import TwistedSMC
+from .pigdm import PiGDM
+from .smc import TDS, TwistedSMC
 
 __all__ = [
     "DDNM", "DPS", "AvgPool", "GaussianBlur", "LinearOperator", "Mask", "PosteriorReport", "Replacement",
-    "TwistedSMC", "compare_to_posterior", "ode_edit", "repaint_grid", "repaint_times", "sdedit",
+    "PiGDM", "TDS", "TwistedSMC", "compare_to_posterior", "ode_edit", "repaint_grid", "repaint_times", "sdedit",
 ]
