@@ -98,17 +98,22 @@ NFE = click.IntRange(1, MAX_NFE)
 @click.option("--no-resume", is_flag=True, help="refuse to continue a folder that already holds a trained run")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool) -> None:
-    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended)."""
+    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended).
+    Under torchrun, every process trains its shard of each global batch (data.batch_size)."""
     from .config import load_config
     from .pipeline import train_run
+    from .train.distributed import distributed_world
 
     try:
         cfg = load_config(config).with_overrides(list(overrides))
     except _INPUT_ERRORS as e:
         _refuse(e)
     run_dir = Path(out or f"runs/{cfg.name}")
-    trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet))
-    click.echo(f"trained {trainer.step} steps; run folder {run_dir} (loss curve {run_dir / 'loss.png'})")
+    with distributed_world() as world:
+        trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet, world=world))
+    if world.is_main:
+        click.echo(f"trained {trainer.step} steps on {world.size} process(es); run folder {run_dir} "
+                   f"(loss curve {run_dir / 'loss.png'})")
 
 
 def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) -> Path:
@@ -175,16 +180,26 @@ def _interval(text: str | None) -> tuple[float, float] | None:
               help="guide only where LO < sigma/alpha <= HI (conditional elsewhere)")
 @click.option("--cfg-rescale", "rescale", type=click.FloatRange(0, 1), default=None,
               help="rescale the guided x0 to the conditional one's std by this fraction phi")
+@click.option("--classifier", "classifier", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="classifier guidance with the noise-aware classifier in PATH (default RUN/classifier; see "
+                   "train-classifier) of the unconditional model, or with --cfg of the guided one")
+@click.option("--energy", default=None, metavar="low-density",
+              help="energy guidance: low-density (away from the class-mean features, Sehwag et al. 2022)")
+@click.option("--scale", "guide_scale", type=click.FloatRange(min=0), default=None,
+              help="scale s of --classifier or --energy guidance (default 1)")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
            options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
-           rescale: float | None, out: str | None) -> None:
-    """Sample from a trained run folder; class-conditional runs by class and with classifier-free guidance."""
+           rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
+           out: str | None) -> None:
+    """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
+    or low-density guidance."""
     import numpy as np
 
     from .files import atomic_write
     from .image_grid import save_image_grid
-    from .pipeline import class_count, guided_denoiser, load_run, sample_denoiser
+    from .cli_guidance import guided_from_options
+    from .pipeline import class_count, load_run, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
 
@@ -192,18 +207,15 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
         name = solver or run.config.sampling.solver
+        grid = grid if grid is not None or solver is not None else run.config.sampling.grid  # the run's own grid
         grid_rule(make_solver(name, **opts), grid)
-        denoiser = run.denoiser
         cond, rows = None, None
         if which is not None:
-            cond, rows = _classes(which, class_count(run, "--class"), count)
-        if scale is not None:
-            class_count(run, "--cfg")
-            if which is None:
-                raise ValueError("--cfg needs --class (the class to guide towards)")
-            denoiser = guided_denoiser(run, scale, interval=_interval(interval), rescale=rescale or 0.0)
-        elif interval is not None or rescale is not None:
-            raise ValueError(f"{'--cfg-interval' if interval is not None else '--cfg-rescale'} needs --cfg")
+            num_classes = run.info.num_classes if classifier is not None and energy is None else None
+            cond, rows = _classes(which, num_classes or class_count(run, "--class"), count)
+        denoiser, note = guided_from_options(run, run_dir, which=which, cfg=scale, interval=_interval(interval),
+                                             rescale=rescale, classifier=classifier, energy=energy,
+                                             scale=guide_scale)
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
@@ -218,8 +230,28 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
                 np.save(f, sol.x.numpy())
 
         atomic_write(path, write)
-    guided = f", class {which}" + (f", CFG w={scale:g}" if scale is not None else "") if which is not None else ""
+    guided = f", class {which}" + (f", {note}" if note else "") if which is not None else ""
     click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}) -> {path}")
+
+
+@main.command("train-classifier")
+@click.argument("run_dir")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="training steps")
+@click.option("--width", type=click.IntRange(min=1), default=64, show_default=True, help="channels / hidden units")
+@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True, help="residual blocks")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="batch size (default: the run's)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--time", default=None, help="training time distribution (default: the run's diffusion.time_sampling)")
+@click.option("--out", default=None, help="classifier folder (default RUN_DIR/classifier)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_classifier(run_dir: str, steps: int, width: int, depth: int, batch: int | None, lr: float,
+                     time: str | None, out: str | None, quiet: bool) -> None:
+    """Train a noise-aware classifier p(y | x_t, t) on a run's labelled data and schedule (for --classifier)."""
+    from .cli_guidance import train_classifier_command
+
+    line = _train(lambda: train_classifier_command(run_dir, steps=steps, width=width, depth=depth, batch=batch,
+                                                   lr=lr, time=time, out=out, quiet=quiet))
+    click.echo(line)
 
 
 @main.command()

@@ -386,6 +386,7 @@ def evaluate_run(
     run = load_run(run_dir)
     data = real_data(run, n, seed)
     names = default_metrics(data) if metrics is None else parse_metrics(metrics, data)
+    grid = run.config.sampling.grid if solver is None else None  # a run's own grid goes with its own solver
     solver = solver or run.config.sampling.solver
     nfe = nfe or run.config.sampling.nfe
     num_classes = run.info.num_classes if run.config.data.labels else None
@@ -399,7 +400,7 @@ def evaluate_run(
     if any(m in names for m in ("fid", "kid", "pr", "cfd", "is", "sw")):
         start = time.perf_counter()
         cond = torch.arange(n) % num_classes if num_classes else None
-        sol = sample_denoiser(run.denoiser, run.info, solver, nfe, n, seed=seed, cond=cond, progress=progress)
+        sol = sample_denoiser(run.denoiser, run.info, solver, nfe, n, seed=seed, grid=grid, cond=cond, progress=progress)
         samples = sol.x.detach().float().clamp(-1, 1) if data.is_image else sol.x.detach().float()
         result["sampling"] = {"solver": solver, "nfe": sol.nfe, "n": n, "seed": seed,
                               "seconds": round(time.perf_counter() - start, 2)}

@@ -402,9 +402,14 @@ def _np_load(p: Path) -> Any:
         raise ValueError(f"{p} is not {kind} ({' '.join(str(e).split())[:120]})") from None
 
 
-def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    """Flip each image of a batch (B, C, H, W) horizontally with probability ``p`` (vectorised)."""
+def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None, offset: int = 0,
+                global_batch: int | None = None) -> Tensor:
+    """Flip each image of a batch (B, C, H, W) horizontally with probability ``p`` (vectorised).
+
+    ``x`` may be rows ``offset`` to ``offset + B`` of a batch of ``global_batch`` (one data-parallel shard):
+    the flips are drawn for the whole batch and these rows' taken."""
     if x.ndim != 4:
         raise ValueError(f"random_flip expects images (B, C, H, W), got shape {tuple(x.shape)}")
-    mask = torch.rand(x.shape[0], generator=generator) < p
+    n = x.shape[0] if global_batch is None else global_batch
+    mask = (torch.rand(n, generator=generator) < p)[offset : offset + x.shape[0]]
     return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)

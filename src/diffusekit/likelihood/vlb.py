@@ -46,8 +46,11 @@ from ..denoiser import Cond, Denoiser
 from ..noise import NoiseSource
 from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
-from .dequantize import log_normal_mass
+from ..parameterization import Prediction
+from ..stepping import Step
 from ..utils import check_positive_int
+from ..variances import ReverseVariance, eta_var, make_variance, posterior_var, transition_var
+from .dequantize import log_normal_mass
 
 LN2 = math.log(2.0)
 
@@ -69,10 +72,16 @@ class VLBResult:
     nfe: int
 
 
+def gaussian_kl_elements(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) per element (arguments broadcast)."""
+    return 0.5 * (torch.log(var_p / var_q) + var_q / var_p + (mean_q - mean_p) ** 2 / var_p - 1.0)
+
+
 def gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
     """KL(N(mean_q, var_q) || N(mean_p, var_p)) summed over all but the batch dimension."""
-    kl = 0.5 * (torch.log(var_p / var_q) + var_q / var_p + (mean_q - mean_p) ** 2 / var_p - 1.0)
-    return kl.flatten(1).sum(1)
+    return gaussian_kl_elements(mean_q, var_q, mean_p, var_p).flatten(1).sum(1)
+
+
 
 
 def prior_kl(schedule: NoiseSchedule, x0: Tensor, t: float) -> Tensor:
@@ -122,43 +131,133 @@ def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> T
     return torch.linspace(schedule.t_min, schedule.t_max, steps, dtype=torch.float64)
 
 
+@dataclass(frozen=True)
+class Transitions:
+    """The reverse steps t_i -> t_{i-1} of an increasing grid t_1 < ... < t_N, as (N,) float64 columns.
+
+    Row i >= 1 is the step t_{i+1} -> t_i (0-based), row 0 the decoder step t_1 -> 0 (alpha = 1,
+    sigma = 0 there). ``large`` = sigma_{t|s}^2 (beta; sigma_1^2 in row 0), ``small`` = beta tilde
+    (row 0 clipped to row 1's, as Nichol & Dhariwal 2021's decoder; NaN when N = 1), ``c_x0`` the
+    weight of x0 in the posterior mean alpha_s sigma_{t|s}^2 / sigma_t^2 (Ho et al. 2020, eq. 7).
+    """
+
+    step: Step
+    large: Tensor
+    small: Tensor
+    c_x0: Tensor
+
+
+def transitions(schedule: NoiseSchedule, t: Tensor) -> Transitions:
+    """The ``Transitions`` of the increasing grid ``t`` (float64, CPU)."""
+    a, s = _alpha_sigma(schedule, t)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    step = Step(0, t, torch.cat([zero, t[:-1]]), a, s, torch.cat([one, a[:-1]]), torch.cat([zero, s[:-1]]), None)
+    large = transition_var(step)
+    small = posterior_var(step)
+    small = torch.cat([small[1:2] if t.numel() > 1 else torch.full_like(small[:1], math.nan), small[1:]])
+    return Transitions(step, large, small, step.alpha1 * large / step.sigma0**2)
+
+
+def posterior_kl(x0: Tensor, x0_hat: Tensor, c_x0: Tensor, var_q: Tensor, var_p: Tensor) -> Tensor:
+    """KL(q(x_s | x_t, x0) || N(mean(x_t, x0_hat), var_p)) per element.
+
+    q and the model share the posterior-mean form (Ho et al. 2020, eq. 7), so the means differ
+    by c_x0 (x0 - x0_hat) only; the arguments broadcast against x0.
+    """
+    return gaussian_kl_elements(c_x0 * x0, var_q, c_x0 * x0_hat, var_p)
+
+
+def _alpha_sigma(schedule: NoiseSchedule, t: Tensor) -> tuple[Tensor, Tensor]:
+    a, s = schedule.alpha_sigma(t.to(torch.float64).cpu())
+    return a, s
+
+
+def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> Tensor:
+    """Increasing model times t_1 < ... < t_N (float64, CPU)."""
+    if times is not None:
+        t = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
+        if t.numel() < 1 or (t.numel() > 1 and not bool((t[1:] > t[:-1]).all())):
+            raise ValueError("times must be strictly increasing")
+        schedule.validate_t(t)
+        return t
+    if steps is None:
+        if not isinstance(schedule, DiscreteSchedule):
+            raise ValueError("give steps (or times) for a continuous-time schedule")
+        steps = schedule.num_steps
+        return torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    check_positive_int("steps", steps)
+    if isinstance(schedule, DiscreteSchedule) and schedule.num_steps % steps == 0:
+        stride = schedule.num_steps // steps  # a respaced DDPM: every stride-th knot
+        return torch.arange(1, steps + 1, dtype=torch.float64) * stride / schedule.num_steps
+    return torch.linspace(schedule.t_min, schedule.t_max, steps, dtype=torch.float64)
+
+
+def _noisy(
+    schedule: NoiseSchedule, x0: Tensor, t: Tensor, stream: int, src: NoiseSource
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x_t = alpha x0 + sigma eps for every (node, sample) pair, flattened node-major to (S * B, ...),
+    with the times (S * B,); noise for node j comes from stream ``stream + j`` of each sample."""
+    b, shape = x0.shape[0], x0.shape[1:]
+    a, s = _alpha_sigma(schedule, t)
+    eps = torch.stack([src.normal(stream + j, shape, x0.dtype) for j in range(t.numel())])
+    col = (-1, 1, *([1] * len(shape)))
+    x_t = a.to(x0).reshape(col) * x0[None] + s.to(x0).reshape(col) * eps
+    return x_t.reshape(-1, *shape), t.repeat_interleave(b), eps
+
+
+def _repeat_cond(cond: Cond, times: int) -> Cond:
+    if cond is None:
+        return None
+    c = torch.as_tensor(cond)
+    return c.repeat(times, *([1] * (c.ndim - 1)))
+
+
 def _predict_x0(
     denoiser: Denoiser, x0: Tensor, t: Tensor, stream: int, src: NoiseSource, cond: Cond, chunk: int
-) -> tuple[Tensor, Tensor, int]:
-    """x_t = alpha x0 + sigma eps for every (node, sample) pair and the model's x0 there.
-
-    ``t`` (S,) times; returns (x_t (S, B, ...), x0_hat (S, B, ...), number of batched calls).
-    Noise for node j comes from stream ``stream + j`` of each sample's own generator.
-    """
-    b = x0.shape[0]
-    a, s = _alpha_sigma(denoiser.schedule, t)
-    shape = x0.shape[1:]
-    xs, hats, calls = [], [], 0
+) -> tuple[Tensor, int]:
+    """The model's x0 at x_t for every (node, sample) pair: (S, B, ...), and the number of batched calls."""
+    hats, calls = [], 0
     for lo in range(0, t.numel(), chunk):
         hi = min(lo + chunk, t.numel())
-        eps = torch.stack([src.normal(stream + j, shape, x0.dtype) for j in range(lo, hi)])
-        aa = a[lo:hi].to(x0).reshape(-1, 1, *([1] * len(shape)))
-        ss = s[lo:hi].to(x0).reshape(-1, 1, *([1] * len(shape)))
-        x_t = aa * x0[None] + ss * eps
-        tt = t[lo:hi].repeat_interleave(b)
-        cc = None
-        if cond is not None:
-            cc = torch.as_tensor(cond).repeat(hi - lo, *([1] * (torch.as_tensor(cond).ndim - 1)))
+        x_t, tt, _ = _noisy(denoiser.schedule, x0, t[lo:hi], stream + lo, src)
         with torch.no_grad():
-            hat = denoiser(x_t.reshape(-1, *shape), tt, cc).x0.reshape(x_t.shape)
-        xs.append(x_t)
-        hats.append(hat)
+            hats.append(denoiser(x_t, tt, _repeat_cond(cond, hi - lo)).x0.reshape(hi - lo, *x0.shape))
         calls += 1
-    return torch.cat(xs), torch.cat(hats), calls
+    return torch.cat(hats), calls
 
 
-def _decoder_nll(x0: Tensor, mean: Tensor, var: float, decoder: str, n_bits: int) -> Tensor:
+def decoder_nll(x0: Tensor, mean: Tensor, var: Tensor | float, decoder: str, n_bits: float) -> Tensor:
+    """-log p(x0 | x_1) per sample for a Gaussian N(mean, var) decoder: 'discretized' on the n-bit
+    lattice (Ho et al. 2020, eq. 13) or a 'gaussian' density (continuous data)."""
+    var = torch.as_tensor(var, dtype=torch.float64, device=x0.device)
     if decoder == "discretized":
-        return -discretized_gaussian_log_likelihood(x0, mean, math.sqrt(var), n_bits)
+        return -discretized_gaussian_log_likelihood(x0, mean, var.sqrt(), n_bits)
     if decoder == "gaussian":
         sq = (x0.double() - mean.double()) ** 2
-        return (0.5 * (math.log(2 * math.pi * var) + sq / var)).flatten(1).sum(1)
+        return (0.5 * (torch.log(2 * math.pi * var) + sq / var)).expand_as(sq).flatten(1).sum(1)
     raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
+
+
+def _step_numbers(a: Tensor, s: Tensor, t: Tensor, lo: int, hi: int, b: int, device: torch.device) -> Step:
+    """Per-(node, sample) Steps t_i -> t_{i-1} for nodes lo..hi-1 of the increasing grid (node 0: -> 0)."""
+    i = torch.arange(lo, hi)
+    prev = (i - 1).clamp(min=0)
+    first = i == 0
+    a1 = torch.where(first, torch.ones_like(a[i]), a[prev])
+    s1 = torch.where(first, torch.zeros_like(s[i]), s[prev])
+    t1 = torch.where(first, torch.zeros_like(t[i]), t[prev])
+    rep = lambda v: v.repeat_interleave(b).to(device)  # noqa: E731
+    return Step(lo, rep(t[i]), rep(t1), rep(a[i]), rep(s[i]), rep(a1), rep(s1), None)
+
+
+def _rows(pred: Prediction, rows: slice) -> Prediction:
+    """The float64 prediction of the (node, sample) rows ``rows`` of a batched call."""
+    def cut(v: Tensor) -> Tensor:
+        v = v.double()
+        return v[rows] if v.ndim and v.shape[0] == pred.x_t.shape[0] else v
+
+    interp = None if pred.var_interp is None else cut(pred.var_interp)
+    return Prediction(cut(pred.x_t), cut(pred.alpha), cut(pred.sigma), cut(pred.x0), cut(pred.eps), var_interp=interp)
 
 
 def discrete_vlb(
@@ -168,25 +267,31 @@ def discrete_vlb(
     cond: Cond = None,
     steps: int | None = None,
     times: Tensor | None = None,
-    variance: str = "small",
+    variance: str | ReverseVariance = "small",
     decoder: str = "discretized",
-    decoder_variance: str | float = "clipped",
-    n_bits: int = 8,
+    decoder_variance: str | float | None = None,
+    n_bits: float = 8,
     seed: int = 0,
     chunk: int = 16,
 ) -> VLBResult:
-    """The DDPM bound (Ho et al. 2020, eq. 5) per sample, every term in closed form given x0_hat.
+    """The DDPM bound (Ho et al. 2020, eq. 5) per sample, every term in closed form given the model's call.
 
-    ``steps``/``times`` set the grid (default: every knot of a ``DiscreteSchedule``;
-    a divisor of its N respaces it as in Nichol & Dhariwal 2021, sec. 4).
-    ``variance`` 'small' (beta tilde) or 'large' (beta) is the model's fixed reverse
-    variance; ``decoder`` 'discretized' (data on the n-bit lattice in [-1, 1]) or
-    'gaussian' (continuous data); ``decoder_variance`` as in the module doc. One
-    forward-noise draw per (sample, step), from per-sample streams of ``seed``;
-    ``chunk`` steps share one batched model call.
+    ``steps``/``times`` set the grid, any K-step sub-trajectory t_1 < ... < t_K (default: every
+    knot of a ``DiscreteSchedule``; a divisor of its N respaces it as in Nichol & Dhariwal 2021,
+    sec. 4). ``variance``: any ``ReverseVariance`` (or a name of ``make_variance``) -- 'small',
+    'large', Analytic-DPM, SN/NPR heads, per sample and per element -- so the bound is that of
+    the sampler using it. A rule made for DDIM's eta (``variance.eta``) is compared with
+    q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3), which has the
+    same marginals; eta = 0 has no finite bound. ``decoder`` 'discretized' (data on the n-bit
+    lattice in [-1, 1]) or 'gaussian' (continuous data); ``decoder_variance`` as in the module
+    doc, or None: the rule's own ``decoder_var`` if it has one, else 'clipped'. One
+    forward-noise draw per (sample, step), from per-sample streams of ``seed``; ``chunk`` steps
+    share one batched model call.
     """
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    rule = make_variance(variance)
+    eta = getattr(rule, "eta", 1.0)
+    if eta == 0:
+        raise ValueError("the bound of a deterministic step (eta = 0) is infinite; allowed: eta > 0")
     schedule = denoiser.schedule
     t = _grid(schedule, steps, times)
     n = t.numel()
@@ -194,36 +299,43 @@ def discrete_vlb(
     b = x0.shape[0]
     x0 = x0.double() if not x0.is_floating_point() else x0
     src = NoiseSource.from_seed(seed, b, x0.device)
-    x_t, hat, calls = _predict_x0(denoiser, x0, t, 0, src, cond, chunk)
-    x0d, hatd = x0.double()[None], hat.double()
-    dims = [1] * (x0.ndim - 1)
-    # transitions i -> i-1 for i = 1..n-1 (0-based): s = t_{i-1}, t = t_i
-    a_t, s_t, a_s, s_s = a[1:], s[1:], a[:-1], s[:-1]
-    a_ts = a_t / a_s
-    s_ts2 = s_t**2 - a_ts**2 * s_s**2
-    var_q = s_ts2 * s_s**2 / s_t**2
-    var_p = var_q if variance == "small" else s_ts2
-    c_x0 = a_s * s_ts2 / s_t**2
-
-    def col(v: Tensor) -> Tensor:
-        return v.to(x0.device).reshape(-1, 1, *dims)
-
-    # same posterior mean form for q and p, so only the x0 difference enters the means
-    diff = col(c_x0) * (x0d - hatd[1:])
-    kl = 0.5 * (col(torch.log(var_p / var_q) + var_q / var_p - 1.0) + diff**2 / col(var_p))
-    kl = kl.flatten(2).sum(2).transpose(0, 1)  # (B, n-1)
+    if decoder_variance is None and not hasattr(rule, "decoder_var"):
+        decoder_variance = "clipped"
+    clipped = math.nan if n < 2 else float((s[1] ** 2 - (a[1] / a[0]) ** 2 * s[0] ** 2) * s[0] ** 2 / s[1] ** 2)  # beta tilde at t_2
     if isinstance(decoder_variance, str):
         if decoder_variance == "clipped":
             if n < 2:
                 raise ValueError("the 'clipped' decoder variance needs at least two steps")
-            dvar = float(var_q[0])
+            dvar: float | None = clipped
         elif decoder_variance == "likelihood":
             dvar = float(s[0] ** 2 / a[0] ** 2)
         else:
-            raise ValueError(f"decoder_variance must be 'clipped', 'likelihood' or a number, got {decoder_variance!r}")
+            raise ValueError(f"decoder_variance must be 'clipped', 'likelihood', a number or None, got {decoder_variance!r}")
     else:
-        dvar = float(decoder_variance)
-    l0 = _decoder_nll(x0, hat[0], dvar, decoder, n_bits)
+        dvar = None if decoder_variance is None else float(decoder_variance)
+    kls, calls, l0 = [], 0, None
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        x_t, tt, _ = _noisy(schedule, x0, t[lo:hi], lo, src)
+        with torch.no_grad():
+            pred = denoiser(x_t, tt, _repeat_cond(cond, hi - lo))
+        calls += 1
+        x0r = x0.repeat(hi - lo, *([1] * (x0.ndim - 1))).double()
+        if lo == 0:  # the decoder -log p(x0 | x_1), from the first node's prediction
+            p1 = _rows(pred, slice(0, b))
+            var1 = rule.decoder_var(p1, _step_numbers(a, s, t, 0, 1, b, x0.device).like(p1.x_t), clipped) if dvar is None else dvar
+            l0 = decoder_nll(x0, p1.x0, var1, decoder, n_bits)
+        if hi <= max(lo, 1):
+            continue
+        keep = slice((max(lo, 1) - lo) * b, None)  # nodes with a lower neighbour: the KL steps
+        p = _rows(pred, keep)
+        step = _step_numbers(a, s, t, max(lo, 1), hi, b, x0.device).like(p.x_t)
+        var_q = eta_var(step, eta)
+        var_p = torch.as_tensor(rule(p, step), dtype=torch.float64, device=x0.device)
+        gap = (step.alpha1 - (step.sigma1**2 - var_q) ** 0.5 * step.alpha0 / step.sigma0) * (x0r[keep] - p.x0)
+        kl = 0.5 * (torch.log(var_p / var_q) + var_q / var_p - 1.0 + gap**2 / var_p)
+        kls.append(kl.expand_as(gap).flatten(1).sum(1).reshape(-1, b))
+    kl = torch.cat(kls).transpose(0, 1) if kls else x0.new_zeros(b, 0, dtype=torch.float64)
     terms = torch.cat([l0[:, None], kl], 1)
     prior = prior_kl(schedule, x0, float(t[-1]))
     total = prior + terms.sum(1)
@@ -267,7 +379,7 @@ def continuous_vlb(
     b = x0.shape[0]
     x0 = x0.double() if not x0.is_floating_point() else x0
     src = NoiseSource.from_seed(seed, b, x0.device)
-    _, hat, calls = _predict_x0(denoiser, x0, t, 1, src, cond, chunk)
+    hat, calls = _predict_x0(denoiser, x0, t, 1, src, cond, chunk)
     err = (x0.double()[None] - hat.double()).pow(2).flatten(2).sum(2)  # (nodes, B)
     diffusion = (wts * torch.exp(2 * lam))[:, None].to(err) * err
     # decoder at t_eps: z = alpha x0 + sigma eps, p(x | z) = N(z / alpha, sigma^2 / alpha^2)
@@ -279,7 +391,7 @@ def continuous_vlb(
     else:
         eps = src.normal(0, x0.shape[1:], torch.float64)
         z = a0 * x0.double() + s0 * eps
-        recon = _decoder_nll(x0, z / a0, (s0 / a0) ** 2, decoder, n_bits)
+        recon = decoder_nll(x0, z / a0, (s0 / a0) ** 2, decoder, n_bits)
     terms = torch.cat([recon[:, None], diffusion.transpose(0, 1)], 1)
     prior = prior_kl(schedule, x0, t1)
     total = prior + terms.sum(1)
