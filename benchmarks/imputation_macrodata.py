@@ -65,10 +65,10 @@ def scores(draws: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--nfe", type=int, default=100)
-    parser.add_argument("--run", default="runs/imputer-macrodata")
+    parser.add_argument("--run", default="runs/imputer-macrodata-800")
     parser.add_argument("--out", default="imputation_macrodata", help="results file stem in benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
