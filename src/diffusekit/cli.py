@@ -167,8 +167,8 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.argument("run_dir")
 @click.option("--solver", default=None, help="solver name (see `diffusekit solvers`)")
 @click.option("--nfe", type=NFE, default=None, help=f"model evaluations, 1 to {MAX_NFE:,}")
-@click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True,
-              help="number of samples (per class with --class all)")
+@click.option("--n", "--count", "count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="number of samples (per class with --class all); write --count under torchrun")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--grid", default=None, help="step grid: a rule name, or 'paper' (each solver's paper grid); default: the solver's")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
@@ -193,7 +193,19 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
            out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
-    or low-density guidance."""
+    or low-density guidance. Under torchrun, each process samples its share of the seeds (the same samples
+    as one process)."""
+    from .train.distributed import distributed_world
+
+    with distributed_world() as world:
+        _sample(run_dir, solver, nfe, count, seed, grid, options, which, scale, interval, rescale, classifier,
+                energy, guide_scale, out, world)
+
+
+def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
+            options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
+            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
+            out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
@@ -206,6 +218,7 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
+        run.denoiser.to(world.device)
         name = solver or run.config.sampling.solver
         grid = grid if grid is not None or solver is not None else run.config.sampling.grid  # the run's own grid
         grid_rule(make_solver(name, **opts), grid)
@@ -220,18 +233,26 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
     except _INPUT_ERRORS as e:
         _refuse(e)
     total = count * len(rows) if rows else count
-    sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
-                          grid=grid, cond=cond, progress=True, **opts)
+    try:
+        sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
+                              grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
+                              world=world, **opts)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    if not world.is_main:
+        return
+    x = sol.x.cpu()
     if path.suffix.lower() == ".png":
-        save_image_grid(sol.x, path, nrow=count if rows else int(count**0.5) or 1, scale=4, row_labels=rows)
+        save_image_grid(x, path, nrow=count if rows else int(count**0.5) or 1, scale=4, row_labels=rows)
     else:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.save(f, sol.x.numpy())
+                np.save(f, x.numpy())
 
         atomic_write(path, write)
     guided = f", class {which}" + (f", {note}" if note else "") if which is not None else ""
-    click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}) -> {path}")
+    shared = f" on {world.size} processes" if world.distributed else ""
+    click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}){shared} -> {path}")
 
 
 @main.command("train-classifier")
@@ -269,7 +290,8 @@ def info(run_dir: str) -> None:
         _refuse(e)
     click.echo(run.config.to_toml())
     click.echo(f"data shape {run.info.data_shape}, classes {run.info.num_classes}, "
-               f"parameters {count_parameters(run.denoiser.net):,}, checkpoint step {run.meta.get('step')}")
+               f"parameters {count_parameters(run.denoiser.net):,}, checkpoint step {run.meta.get('step')}, "
+               f"trained on {run.meta.get('world_size', 1)} process(es)")
     if rows:
         click.echo("last log: " + json.dumps(rows[-1]))
 
@@ -313,7 +335,8 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
 @click.argument("run_dir")
 @click.option("--metrics", default=None,
               help="comma list of fid,kid,pr,cfd,is,sw,nll,vlb (default: those that apply to the data)")
-@click.option("--n", "count", type=click.IntRange(min=1), default=500, show_default=True, help="samples and real items")
+@click.option("--n", "--count", "count", type=click.IntRange(min=1), default=500, show_default=True,
+              help="samples and real items (write --count under torchrun)")
 @click.option("--solver", default=None, help="solver name (default: the run's)")
 @click.option("--nfe", type=NFE, default=None, help=f"model evaluations per sample, 1 to {MAX_NFE:,} (default: the run's)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -324,23 +347,28 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
                  batch: int, nll_options: tuple[str, ...], out: str | None, quiet: bool) -> None:
-    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB."""
+    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB.
+    Under torchrun, sampling and feature extraction are shared among the processes."""
     from .evaluate import evaluate_run, format_table
     from .files import atomic_write_text
     from .metrics import InceptionUnavailableError
     from .solvers import make_solver
+    from .train.distributed import distributed_world
 
     path = Path(out or Path(run_dir) / "eval.json")
-    try:
-        if path.suffix.lower() != ".json" or path.is_dir():
-            raise ValueError(f"--out {path}: allowed a file name ending in .json")
-        ode = _key_values(nll_options, "--nll-option")
-        if solver is not None:
-            make_solver(solver)
-        result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
-                              progress=not quiet, nll_options=ode)
-    except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
-        _refuse(e)
+    with distributed_world() as world:
+        try:
+            if path.suffix.lower() != ".json" or path.is_dir():
+                raise ValueError(f"--out {path}: allowed a file name ending in .json")
+            ode = _key_values(nll_options, "--nll-option")
+            if solver is not None:
+                make_solver(solver)
+            result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
+                                  progress=not quiet, nll_options=ode, world=world)
+        except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
+            _refuse(e)
+    if not world.is_main:
+        return
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     data = result["data"]
     click.echo(f"{run_dir} (step {result['checkpoint_step']}); real data: {data['n']} items of {data['dataset']} "

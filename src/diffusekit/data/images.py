@@ -32,6 +32,7 @@ __all__ = [
     "load_array",
     "ARRAY_EXTENSIONS",
     "uint8_to_unit",
+    "lattice_levels",
     "random_flip",
 ]
 
@@ -48,6 +49,15 @@ def uint8_to_unit(arr: np.ndarray | Tensor) -> Tensor:
     """Map uint8 values 0..255 to float32 in [-1, 1] (``x / 127.5 - 1``)."""
     t = torch.as_tensor(np.asarray(arr) if not isinstance(arr, Tensor) else arr)
     return t.to(torch.float32) / 127.5 - 1.0
+
+
+def lattice_levels(x: Tensor, candidates: Sequence[int] = (17, 256)) -> int | None:
+    """The first L in ``candidates`` whose lattice 2 k / (L - 1) - 1 holds every value of ``x``, or None."""
+    for levels in candidates:
+        k = (x.double() + 1.0) * (levels - 1) / 2.0
+        if bool(((k - k.round()).abs() < 1e-4).all()) and bool(((k >= -1e-4) & (k <= levels - 1 + 1e-4)).all()):
+            return levels
+    return None
 
 
 def load_digits() -> tuple[Tensor, Tensor]:
