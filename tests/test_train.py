@@ -119,7 +119,7 @@ class _LossWithHistory:
         return self.inner(denoiser, x0, cond, generator)
 
     def after_step(self, net: nn.Module, step: int) -> None:
-        self.history.append(float(next(net.parameters()).sum()) + step)
+        self.history.append(float(next(net.parameters()).detach().sum()) + step)
 
     def state_dict(self) -> dict:
         return {"history": list(self.history)}
