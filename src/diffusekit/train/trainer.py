@@ -39,6 +39,7 @@ whatever the ``sample_fn`` callback writes (e.g. sample grids).
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import math
@@ -200,7 +201,7 @@ class Trainer:
                              f"{self.device.type}; allowed here: fp32, bf16")
         if self.world.distributed:  # broadcasts rank 0's weights: every rank starts (and stays) identical
             ddp = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
-            self._train_denoiser = Denoiser(ddp, denoiser.schedule, denoiser.parameterization)
+            self._train_denoiser = _with_net(denoiser, ddp)
             self._no_sync: Callable[[], contextlib.AbstractContextManager] = ddp.no_sync
         else:
             self._train_denoiser, self._no_sync = denoiser, contextlib.nullcontext
@@ -510,6 +511,13 @@ class Trainer:
             with torch.no_grad():
                 self.sample_fn(self.ema_denoiser, self.step, self.run_dir)
         self._sampled_step = self.step
+
+
+def _with_net(module: nn.Module, net: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` (a Denoiser, a classifier on a schedule) calling ``net`` (the DDP wrapper)."""
+    clone = copy.copy(module)
+    clone._modules = {**module._modules, "net": net}
+    return clone
 
 
 def _jsonable(obj: Any) -> Any:
