@@ -48,7 +48,7 @@ from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
 from ..stepping import Step
-from ..variances import ReverseVariance, make_variance, posterior_var, transition_var
+from ..variances import ReverseVariance, eta_var, make_variance, posterior_var, transition_var
 from .dequantize import log_normal_mass
 from ..utils import check_positive_int
 
@@ -224,18 +224,24 @@ def discrete_vlb(
     seed: int = 0,
     chunk: int = 16,
 ) -> VLBResult:
-    """The DDPM bound (Ho et al. 2020, eq. 5) per sample, every term in closed form given x0_hat.
+    """The DDPM bound (Ho et al. 2020, eq. 5) per sample, every term in closed form given the model's call.
 
-    ``steps``/``times`` set the grid (default: every knot of a ``DiscreteSchedule``;
-    a divisor of its N respaces it as in Nichol & Dhariwal 2021, sec. 4).
-    ``variance`` is the model's reverse variance: 'small' (beta tilde), 'large' (beta),
-    'learned' (the model's variance head, Nichol & Dhariwal 2021, eq. 15) or any
-    ``ReverseVariance``; ``decoder`` 'discretized' (data on the n-bit lattice in [-1, 1]) or
-    'gaussian' (continuous data); ``decoder_variance`` as in the module doc (a variance with
-    ``decoder_var`` uses it as its lower end). One forward-noise draw per (sample, step), from
-    per-sample streams of ``seed``; ``chunk`` steps share one batched model call.
+    ``steps``/``times`` set the grid, any K-step sub-trajectory t_1 < ... < t_K (default: every
+    knot of a ``DiscreteSchedule``; a divisor of its N respaces it as in Nichol & Dhariwal 2021,
+    sec. 4). ``variance`` is the sampler's reverse variance, so the bound is that sampler's:
+    'small' (beta tilde), 'large' (beta), 'learned' (the model's variance head, Nichol & Dhariwal
+    2021, eq. 15) or any ``ReverseVariance`` (Analytic-DPM, SN/NPR heads; per sample and per
+    element). A rule made for DDIM's eta (``variance.eta``) is compared with
+    q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3; the same
+    marginals; eta = 0 has no finite bound). ``decoder`` 'discretized' (data on the n-bit
+    lattice in [-1, 1]) or 'gaussian' (continuous data); ``decoder_variance`` as in the module
+    doc (a variance with ``decoder_var`` uses its own). One forward-noise draw per (sample,
+    step), from per-sample streams of ``seed``; ``chunk`` steps share one batched model call.
     """
     rule = make_variance(variance)
+    eta = getattr(rule, "eta", 1.0)
+    if eta == 0:
+        raise ValueError("the bound of a deterministic step (eta = 0) is infinite; allowed: eta > 0")
     schedule = denoiser.schedule
     t = _grid(schedule, steps, times)
     n = t.numel()
@@ -258,8 +264,13 @@ def discrete_vlb(
                           var_interp=None if interp is None else interp[lo:hi].double())
         return pred, step
 
-    var_p = torch.as_tensor(rule(*rows(1, n)), dtype=torch.float64, device=x0.device)
-    kl = posterior_kl(x0d, hatd[1:], col(tr.c_x0[1:]), col(tr.small[1:]), var_p)
+    pred, step = rows(1, n)
+    var_p = torch.as_tensor(rule(pred, step), dtype=torch.float64, device=x0.device)
+    if eta == 1:  # DDPM: q is the posterior (Ho et al. 2020, eq. 7)
+        kl = posterior_kl(x0d, hatd[1:], col(tr.c_x0[1:]), col(tr.small[1:]), var_p)
+    else:  # q_lambda: mean alpha_s x0 + sqrt(sigma_s^2 - lambda^2) (x_t - alpha_t x0) / sigma_t (Bao et al. 2022a, eq. 3)
+        var_q = eta_var(step, eta)
+        kl = posterior_kl(x0d, hatd[1:], step.alpha1 - (step.sigma1**2 - var_q) ** 0.5 * step.alpha0 / step.sigma0, var_q, var_p)
     kl = kl.flatten(2).sum(2).transpose(0, 1)  # (B, n-1)
     if isinstance(decoder_variance, str):
         if decoder_variance == "clipped":
