@@ -27,8 +27,9 @@ from .tuned import DEFAULT_NFE, DEFAULT_SOLVER
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz);
-    ``labels``: feed the data's class labels to the network (a class-conditional model). ``batch_size`` is
-    the global batch of one optimiser step, whatever the number of processes and ``optim.accumulate``."""
+    ``labels``: feed the data's class labels to the network (a class-conditional model); ``condition``:
+    ``vector`` feeds the data's condition vectors instead (e.g. ``shifted_mixture``; MLP only). ``batch_size``
+    is the global batch of one optimiser step, whatever the number of processes and ``optim.accumulate``."""
 
     name: str = "digits"
     labels: bool = False
@@ -37,6 +38,7 @@ class DataConfig:
     image_size: int | None = None
     channels: int | None = None
     num_samples: int = 20_000  # toy data only
+    condition: str = "none"
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": _name(), "data.labels": _FLAG, "data.batch_size": _integer(1), "data.flip": _FLAG,
     "data.image_size": _integer(1, none=True), "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool),
                                                                  "1 or 3 (or left out)"),
-    "data.num_samples": _integer(1),
+    "data.num_samples": _integer(1), "data.condition": _one_of("none", "vector"),
     "model.kind": _one_of("unet", "mlp"), "model.preset": _name(),
     "diffusion.schedule": _name(), "diffusion.parameterization": _name(), "diffusion.time_sampling": _name(),
     "diffusion.weighting": _name(), "diffusion.p_uncond": _number(0.0, 1.0, lo_open=False),
@@ -290,6 +292,12 @@ PRESETS: dict[str, RunConfig] = {
     ),
     "digits": RunConfig(  # ~3 min on 2 CPU cores; batch 64 x 2,000 beat 128 x 1,000 (benchmarks/RESULTS.md)
         name="digits", steps=2000, data=DataConfig(batch_size=64), optim=OptimConfig(lr_schedule="cosine")
+    ),
+    "rectified": RunConfig(  # rectified flow (Liu et al. 2022): linear path, velocity model; reflow with `distill`
+        name="rectified", steps=2000, data=DataConfig(batch_size=64),
+        diffusion=DiffusionConfig(schedule="flow", parameterization="velocity", time_sampling="uniform",
+                                  weighting="velocity"),
+        optim=OptimConfig(lr_schedule="cosine"),
     ),
     "fashion": RunConfig(
         name="fashion",

@@ -250,11 +250,37 @@ class EDMParam(Parameterization):
         return 0.25 * torch.log(sigma / alpha) if self.kind == "edm" else model_time
 
 
+@dataclass(frozen=True)
+class ConsistencyParam(Parameterization):
+    """The boundary-condition preconditioning of consistency models (Song et al. 2023, eq. 3 and App. C),
+    in the scaled coordinates x_hat = x_t / alpha, s = sigma / alpha:
+
+        f(x, s) = c_skip(s) x_hat + c_out(s) F,  c_skip = sd^2 / ((s - s_min)^2 + sd^2),
+        c_out = (s - s_min) sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2),  c_noise = log(s) / 4,
+
+    so f(x, s_min) = x_hat exactly: the consistency function's boundary condition. ``x0`` of the
+    Prediction is f; with s_min = 0 it is EDM's preconditioning (a teacher's weights carry over).
+    """
+
+    sigma_min: float = 0.002
+    sigma_data: float = 0.5
+    name = "consistency"
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        s, sd = sigma / alpha, self.sigma_data
+        r = (s**2 + sd**2).sqrt()
+        c_skip, c_out = sd**2 / ((s - self.sigma_min) ** 2 + sd**2), (s - self.sigma_min) * sd / r
+        return Coefficients(1 / (r * alpha), c_skip / alpha, c_out, (1 - c_skip) / sigma, -c_out / s)
+
+    def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        return 0.25 * torch.log(sigma / alpha)
+
+
 PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry("parameterization")
-for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam):
+for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam, ConsistencyParam):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
 
 
 def make_parameterization(name: str, **kwargs) -> Parameterization:
-    """Build a parameterization by name: eps, x0, v, score, velocity, edm."""
+    """Build a parameterization by name: eps, x0, v, score, velocity, edm, consistency."""
     return PARAMETERIZATIONS.get(name)(**kwargs)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .config import RunConfig, check_config
 from .data import ArrayLoader, load_dataset
-from .data.toys import TOY_NAMES
+from .data.toys import CONDITIONAL_TOY_NAMES, TOY_NAMES
 from .denoiser import Denoiser, DenoiserLike
 from .files import atomic_write_text, remove_orphan_temp_files
 from .image_grid import save_image_grid
@@ -64,9 +64,11 @@ class RunInfo:
 
     data_shape: tuple[int, ...]
     num_classes: int | None
+    cond_dim: int | None = None  # the size of the condition vectors (data.condition = "vector")
 
     def to_json(self) -> str:
-        return json.dumps({"data_shape": list(self.data_shape), "num_classes": self.num_classes}) + "\n"
+        extra = {} if self.cond_dim is None else {"cond_dim": self.cond_dim}
+        return json.dumps({"data_shape": list(self.data_shape), "num_classes": self.num_classes, **extra}) + "\n"
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunInfo":
@@ -75,7 +77,7 @@ class RunInfo:
             raise FileNotFoundError(f"{run_dir} is not a diffusekit run folder (no run.json)")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            return cls(tuple(int(v) for v in d["data_shape"]), d["num_classes"])
+            return cls(tuple(int(v) for v in d["data_shape"]), d["num_classes"], d.get("cond_dim"))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path} is unreadable ({e}); allowed: the JSON diffusekit writes") from None
 
@@ -84,7 +86,7 @@ def run_meta(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
     """What a checkpoint records about the run it belongs to, checked again whenever it is loaded."""
     return {
         "model.kind": cfg.model.kind, "model.preset": cfg.model.preset,
-        "data.labels": cfg.data.labels, "diffusion.schedule": cfg.diffusion.schedule,
+        "data.labels": cfg.data.labels, "data.condition": cfg.data.condition, "diffusion.schedule": cfg.diffusion.schedule,
         "diffusion.parameterization": cfg.diffusion.parameterization, "data_shape": list(info.data_shape),
         "num_classes": info.num_classes,
     }
@@ -133,7 +135,7 @@ def check_names(cfg: RunConfig) -> None:
 def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
     """The configured data set as a float tensor in [-1, 1] and labels (or None)."""
     d = cfg.data
-    if d.name in TOY_NAMES:
+    if d.name in TOY_NAMES or d.name in CONDITIONAL_TOY_NAMES:
         return load_dataset(d.name, n=d.num_samples, seed=cfg.seed)
     kwargs: dict[str, Any] = {}
     if d.image_size is not None:
@@ -146,6 +148,8 @@ def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
 def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
     num_classes = info.num_classes if cfg.data.labels else None
     if cfg.model.kind == "unet":
+        if cfg.data.condition == "vector":
+            raise ValueError("data.condition = vector needs model.kind = mlp (the unet takes class labels)")
         if len(info.data_shape) != 3:
             raise ValueError(f"the unet model needs image data (C, H, W), got shape {info.data_shape}; use model.kind=mlp")
         c, h, _ = info.data_shape
@@ -154,7 +158,8 @@ def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
         dim = int(torch.tensor(info.data_shape).prod())
         if len(info.data_shape) != 1:
             raise ValueError(f"the mlp model needs vectors (D,), got shape {info.data_shape}; use model.kind=unet")
-        return mlp_preset(cfg.model.preset, dim, num_classes=num_classes)
+        cond_dim = info.cond_dim if cfg.data.condition == "vector" else None
+        return mlp_preset(cfg.model.preset, dim, num_classes=num_classes, cond_dim=cond_dim)
     raise ValueError(f"unknown model kind {cfg.model.kind!r}; allowed: mlp, unet")
 
 
@@ -215,21 +220,29 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
             )
     torch.manual_seed(cfg.seed)
     x, y = load_training_data(cfg)
+    vector = cfg.data.condition == "vector"
+    if vector and (cfg.data.labels or y is None or not y.is_floating_point() or y.ndim != 2):
+        raise ValueError("data.condition = vector needs condition vectors, one float row per item, and data.labels = "
+                         f"false; got {cfg.data.name} with data.labels = {str(cfg.data.labels).lower()}; allowed data: "
+                         f"{', '.join(CONDITIONAL_TOY_NAMES)}")
+    if y is not None and y.is_floating_point() and not vector:
+        y = None  # condition vectors, unused
     if cfg.data.labels and y is None:
         raise ValueError(f"data.labels = true needs class labels, but {cfg.data.name} has none; allowed: digits, fashion, "
                          "mnist5k, mnist, a folder of class sub-folders, an .npz with \"y\", a .csv with a \"label\" column")
-    info = RunInfo(tuple(x.shape[1:]), int(y.max()) + 1 if y is not None else None)
+    info = RunInfo(tuple(x.shape[1:]), int(y.max()) + 1 if y is not None and not vector else None,
+                   int(y.shape[1]) if vector and y is not None else None)
     if has_ckpt and old_info is not None and old_info != info:
         raise ValueError(f"{run} was trained on data of shape {old_info.data_shape} with {old_info.num_classes} classes; "
                          f"{cfg.data.name} gives {info.data_shape} with {info.num_classes}; choose another --out")
     denoiser = build_denoiser(cfg, info).to(world.device)
-    loader = ArrayLoader(x, y if cfg.data.labels else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
+    loader = ArrayLoader(x, y if cfg.data.labels or vector else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
                          flip=cfg.data.flip, rank=world.rank, world_size=world.size)
     dc = cfg.diffusion
     loss = DSMLoss(  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)
         weighting=dc.weighting,
         time=dc.time_sampling,
-        label_dropout=dc.p_uncond if cfg.data.labels else 0.0,
+        label_dropout=dc.p_uncond if cfg.data.labels or vector else 0.0,
         null_label=info.num_classes if cfg.data.labels else None,
     )
     oc = cfg.optim
@@ -352,6 +365,34 @@ def guided_denoiser(run: LoadedRun, scale: float, *, interval: tuple[float, floa
     if scale == 1 and interval is None and not rescale:
         return run.denoiser
     return ClassifierFreeGuidance(run.denoiser, scale, interval=interval, rescale=rescale)
+
+
+def classifier_guided_denoiser(run: LoadedRun, classifier: Callable[[Tensor, Any], Tensor], scale: float, *,
+                               cfg: float | None = None) -> DenoiserLike:
+    """Classifier guidance with scale ``scale`` through the score (Dhariwal & Nichol 2021, sec. 4) of a run's
+    unconditional model (a class-conditional run's null label), or with ``cfg`` = w of its CFG-guided
+    conditional model (w = 1: the conditional model); ``classifier(x_t, t)`` gives logits."""
+    from .guidance import ClassifierGuidance
+
+    inner = run.denoiser if cfg is None else guided_denoiser(run, cfg)
+    return ClassifierGuidance(inner, classifier, scale, inner_cond=cfg is not None)
+
+
+def low_density_denoiser(run: LoadedRun, classifier: Any, scale: float, *, cfg: float = 1.0,
+                         max_items: int = 10_000) -> DenoiserLike:
+    """Low-density guidance (Sehwag et al. 2022) of a class-conditional run: the conditional model (CFG ``cfg``)
+    pushed away from the class-mean embedding, the features being a noise-aware ``classifier``'s penultimate
+    layer at the clean end on the denoised estimate; class means over at most ``max_items`` training items."""
+    from .guidance import EnergyGuidance, LowDensityEnergy
+
+    class_count(run, "low-density guidance")
+    x, y = load_training_data(run.config)
+    if y is None:
+        raise ValueError(f"low-density guidance needs class labels, but {run.config.data.name} has none")
+    keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_items]
+    t_clean = run.denoiser.schedule.t_min
+    energy = LowDensityEnergy.from_data(lambda v: classifier.features(v, t_clean), x[keep], y[keep])
+    return EnergyGuidance(guided_denoiser(run, cfg), energy, scale, denoised=True)
 
 
 def sample_denoiser(

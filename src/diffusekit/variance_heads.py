@@ -18,6 +18,8 @@ the conditional mean being the minimiser) with the eps model frozen.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -165,6 +167,5 @@ class HeadVariance:
         var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.head.eps_cov(pred)
         return clip_first_step(var, step, self.first_step_clip)
 
-    def decoder_var(self, pred: Prediction, step: Step, clipped: Number | None = None) -> Number:
-        """(sigma_1 / alpha_1)^2 Cov[eps | x_1] per element; ``clipped`` (the fixed rules' decoder variance) is not used."""
+    def decoder_var(self, pred: Prediction, step: Step, clipped: Number = math.nan) -> Number:
         return eps_gain(step, 0.0) ** 2 * self.head.eps_cov(pred).clamp(min=self.floor)

@@ -55,7 +55,9 @@ class ArrayLoader:
         world_size: int = 1,
     ) -> None:
         self.data = torch.as_tensor(data)
-        self.labels = torch.as_tensor(labels).long() if labels is not None else None
+        self.labels = None if labels is None else torch.as_tensor(labels)
+        if self.labels is not None and not self.labels.is_floating_point():
+            self.labels = self.labels.long()  # class labels; floating rows are condition vectors
         n = self.data.shape[0] if self.data.ndim else 0
         if n == 0:
             raise ValueError("ArrayLoader needs at least one sample, got an empty array")

@@ -15,6 +15,7 @@ int w(t) E||.||^2 dt over [t_min, t_max] whatever p is (an importance-sampled es
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -95,24 +96,27 @@ def dsm_loss(
     return weighted_error(f, target, coeffs, t, schedule, weighting)
 
 
-def check_label_dropout(p: float, null_label: int | None) -> None:
-    """A dropout probability in [0, 1) and, when it is positive, a null label."""
+def check_label_dropout(p: float) -> None:
+    """A condition-dropout probability in [0, 1)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {p}")
-    if p > 0 and null_label is None:
-        raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
 
 
-def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None,
+def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None = None,
                 rows: slice = slice(None), total: int | None = None) -> Cond:
-    """Integer labels replaced by ``null_label`` with probability p (Ho & Salimans 2022, Algorithm 1).
+    """The condition dropped with probability p per row (Ho & Salimans 2022, Algorithm 1): integer
+    labels become ``null_label``, floating condition vectors all-NaN rows (the networks' null token).
 
     ``rows`` of a global batch of ``total`` rows (data-parallel ranks draw the whole batch's coins).
     """
-    if p > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
+    if p > 0 and isinstance(cond, Tensor):
         n = cond.shape[0] if total is None else total
         drop = torch.rand(n, generator=generator, device=cond.device)[rows] < p
-        cond = torch.where(drop, torch.full_like(cond, null_label), cond)  # type: ignore[arg-type]
+        if cond.is_floating_point():
+            return torch.where(append_dims(drop, cond.ndim), torch.full_like(cond, math.nan), cond)
+        if null_label is None:
+            raise ValueError("label_dropout > 0 on class labels needs null_label (the network's 'no class' label)")
+        return torch.where(drop, torch.full_like(cond, null_label), cond)
     return cond
 
 
@@ -123,8 +127,9 @@ class DSMLoss:
     ``time``: uniform, stratified, antithetic, lognormal, discrete or a ``TimeSampler``;
     ``weighting``: eps, snr, min_snr, v, velocity, edm, likelihood or a ``Weighting``.
     ``importance`` divides by p(t) (the loss then estimates int w(t) E||err||^2 dt).
-    ``label_dropout`` replaces integer labels by ``null_label`` with that probability,
-    for classifier-free guidance (Ho & Salimans 2022).
+    ``label_dropout`` replaces integer labels by ``null_label`` with that probability, and
+    floating condition vectors (B, ...) by all-NaN rows (the networks' null token), for
+    classifier-free guidance (Ho & Salimans 2022).
     Random draws, in order: t (B variates), eps (like x0), then the label-dropout mask,
     all from ``generator``. ``x0`` may be rows ``offset`` to ``offset + B`` of a global batch of
     ``global_batch`` rows (one shard of a data-parallel step, one micro-batch): the draws are then
@@ -141,7 +146,7 @@ class DSMLoss:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
         object.__setattr__(self, "time", make_time_sampler(self.time))
-        check_label_dropout(self.label_dropout, self.null_label)
+        check_label_dropout(self.label_dropout)
 
     def __call__(
         self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,

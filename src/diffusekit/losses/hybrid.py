@@ -105,7 +105,7 @@ class HybridLoss:
             if self.time == "importance":
                 object.__setattr__(self, "time", ImportanceTimeSampler())
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
-        check_label_dropout(self.label_dropout, self.null_label)
+        check_label_dropout(self.label_dropout)
 
     @property
     def importance(self) -> ImportanceTimeSampler | None:

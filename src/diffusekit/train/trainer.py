@@ -153,6 +153,9 @@ def _split_batch(batch: Any) -> tuple[Tensor, Any]:
 class Trainer:
     """Trains ``denoiser.net`` with DSM on batches from ``data`` (an iterable, ideally a resumable ``ArrayLoader``).
 
+    ``denoiser`` may be any module with a ``net`` that ``loss(denoiser, x, cond, generator)`` trains,
+    e.g. a noise-aware classifier with ``train.classifier.ClassifierLoss``.
+
     ``fit(total_steps)`` trains until ``self.step == total_steps``; ``for s in trainer.steps(n)``
     yields after each of n more steps (smalldiffusion style). ``run_dir=None`` writes nothing.
     ``sample_fn(denoiser, step, run_dir)`` is called with the EMA denoiser every
@@ -165,7 +168,7 @@ class Trainer:
 
     def __init__(
         self,
-        denoiser: Denoiser,
+        denoiser: Denoiser | nn.Module,
         data: Iterable,
         loss: Callable[..., Any] | None = None,
         config: TrainConfig | None = None,
@@ -227,6 +230,8 @@ class Trainer:
     @property
     def ema_denoiser(self) -> Denoiser:
         """The denoiser to sample with: the EMA network if there is one, else the trained one."""
+        if not isinstance(self.denoiser, Denoiser):
+            raise TypeError(f"a {type(self.denoiser).__name__} is not a denoiser to sample with")
         if self.ema is None:
             return self.denoiser
         return Denoiser(self.ema.module, self.denoiser.schedule, self.denoiser.parameterization)
@@ -312,8 +317,9 @@ class Trainer:
             "config": _jsonable(asdict(self.config)),
             "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, StatefulLoss) else None,
         }
-        meta = {**self.meta, "step": self.step, "parameterization": self.denoiser.parameterization.name,
-                "world_size": self.world.size}
+        meta = {**self.meta, "step": self.step, "world_size": self.world.size}
+        if isinstance(self.denoiser, Denoiser):
+            meta["parameterization"] = self.denoiser.parameterization.name
         path = save_checkpoint(
             self.checkpoint_dir, self.step, self.net, self.ema.module if self.ema else None, state, meta,
             keep=self.config.keep_checkpoints,
@@ -379,7 +385,8 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         use_labels = self.config.use_labels
         if use_labels is None:
-            use_labels = y is not None and getattr(self.net, "num_classes", None) is not None
+            use_labels = y is not None and (getattr(self.net, "num_classes", None) is not None
+                                            or getattr(self.net, "cond_dim", None) is not None)
         cond = y.to(self.device, non_blocking=True) if use_labels and y is not None else None
         return x, cond
 
