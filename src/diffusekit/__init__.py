@@ -13,6 +13,7 @@ from .guidance import (
 )
 from .interop import discrete_time_denoiser, noise_level_of_c_noise
 from .learned_variance import LearnedVariance
+from . import variance_heads  # registers the sn / npr variances
 from .noise import NoiseSource
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
 from .sample import Solution, StepInfo, sample

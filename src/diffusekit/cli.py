@@ -245,6 +245,8 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         denoiser, note = guided_from_options(run, run_dir, which=which, cfg=scale, interval=_interval(interval),
                                              rescale=rescale, classifier=classifier, energy=energy,
                                              scale=guide_scale)
+        if ancestral and denoiser is not run.denoiser:
+            raise ValueError("--variance and --trajectory do not combine with guidance; allowed: one of them")
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from .parameterization import Prediction
 from .progress import progress_bar
 from .stepping import Number, Step
 from .utils import append_dims, check_positive_int
-from .variances import check_clip, check_eta, clip_first_step, eps_gain, eta_var
+from .variances import VARIANCE_BUILDERS, check_clip, check_eta, clip_first_step, eps_gain, eta_var
 
 HEAD_KINDS = ("sn", "npr")
 
@@ -169,3 +169,13 @@ class HeadVariance:
 
     def decoder_var(self, pred: Prediction, step: Step, clipped: Number = math.nan) -> Number:
         return eps_gain(step, 0.0) ** 2 * self.head.eps_cov(pred).clamp(min=self.floor)
+
+
+def _builder(kind: str) -> Callable[..., HeadVariance]:
+    def build(head: MomentHead, eta: float = 1.0, first_step_clip: float | None = None) -> HeadVariance:
+        return HeadVariance(head, eta=eta, first_step_clip=first_step_clip, kind=kind)
+
+    return build
+
+
+VARIANCE_BUILDERS.update({kind: _builder(kind) for kind in HEAD_KINDS})

@@ -178,19 +178,9 @@ class OptimalVariance:
 #: (``learned``, registered by ``learned_variance.py``, which the package imports).
 NAMED_VARIANCES: dict[str, ReverseVariance] = {"small": SmallVariance(), "large": LargeVariance()}
 
-#: Rules that need something more (estimates, a head), by name: a builder taking keyword options.
-def _head_variance(kind: str) -> Callable[..., ReverseVariance]:
-    def build(head: Any, eta: float = 1.0, first_step_clip: float | None = None) -> ReverseVariance:
-        from .variance_heads import HeadVariance  # the heads import this module
-
-        return HeadVariance(head, eta=eta, first_step_clip=first_step_clip, kind=kind)
-
-    return build
-
-
-VARIANCE_BUILDERS: dict[str, Callable[..., ReverseVariance]] = {
-    "analytic": OptimalVariance, "sn": _head_variance("sn"), "npr": _head_variance("npr"),
-}
+#: Rules that need something more (estimates, a head), by name: a builder taking keyword options
+#: (``sn`` and ``npr`` registered by ``variance_heads.py``, which the package imports).
+VARIANCE_BUILDERS: dict[str, Callable[..., ReverseVariance]] = {"analytic": OptimalVariance}
 
 
 def make_variance(variance: "str | ReverseVariance", **options: Any) -> ReverseVariance:
