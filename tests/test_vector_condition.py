@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,16 +19,23 @@ from diffusekit.models import MLP, VectorEmbedding
 from diffusekit.oracle import GaussianMixture
 from diffusekit.pipeline import LoadedRun, load_run, prepare_run, train_run
 
+from .test_run_folder import refused, run, toy, trained  # noqa: F401 (fixtures: a toy run without conditions)
+
 VECTOR = ["data.name=shifted_mixture", "data.condition=vector", "data.num_samples=8192", "data.batch_size=256",
           "checkpoint_every=100000", "optim.ema_half_life=40", "optim.warmup_steps=20"]
 
 
 @pytest.fixture(scope="module")
-def vector_run(tmp_path_factory: pytest.TempPathFactory) -> LoadedRun:
+def vector_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 250-step run on shifted_mixture with condition vectors (10% dropped to the null token)."""
     out = tmp_path_factory.mktemp("vector") / "run"
     train_run(PRESETS["toy2d"].with_overrides(["steps=250", *VECTOR]), out, progress=False)
-    return load_run(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vector_run(vector_folder: Path) -> LoadedRun:
+    return load_run(vector_folder)
 
 
 def test_vector_embedding_null_token_and_errors() -> None:
@@ -86,3 +94,22 @@ def test_vector_conditioned_denoiser_learns_the_conditional_law(vector_run: Load
         with torch.no_grad():
             x0 = dk.sample(den, shape=(2,), batch=400, cond=cond, seed=0, progress=False).x
         assert abs(float(x0[:, 1].mean()) - 0.5 * c) < 0.03 and abs(float(x0[:, 1].std()) - SHIFTED_MIXTURE_STD) < 0.03
+
+
+def test_sampling_with_a_condition_vector_from_the_cli(vector_folder: Path, toy: Path, tmp_path: Path) -> None:  # noqa: F811
+    def draw(name: str, *args: str) -> np.ndarray:
+        code, text = run("sample", str(vector_folder), "--n", "200", "--nfe", "10", "--out", str(tmp_path / name), *args)
+        assert code == 0, text
+        return np.load(tmp_path / name)
+
+    high = draw("h.npy", "--cond", "0.8")
+    assert abs(float(high[:, 1].mean()) - 0.4) < 0.03
+    np.testing.assert_allclose(draw("w1.npy", "--cond", "0.8", "--cfg", "1"), high)
+    np.testing.assert_allclose(draw("w0.npy", "--cond", "0.8", "--cfg", "0"), draw("u.npy"), atol=1e-5)
+    assert float(draw("w3.npy", "--cond", "0.8", "--cfg", "3")[:, 1].mean()) > 0.4  # pushed past the condition
+    for value in ("1,2", "x", "nan"):
+        refused(["sample", str(vector_folder), "--cond", value], vector_folder,
+                "--cond expects 1 finite number(s)", repr(value))
+    refused(["sample", str(vector_folder), "--cfg", "2"], vector_folder, "--cfg needs --class", "or --cond")
+    refused(["sample", str(vector_folder), "--class", "1", "--cond", "0"], vector_folder, "--class needs a class-conditional run")
+    refused(["sample", str(toy), "--cond", "0"], toy, "--cond needs a run trained with data.condition = vector")

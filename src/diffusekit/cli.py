@@ -185,6 +185,8 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
 @click.option("--class", "which", default=None, metavar="K|all",
               help="class-conditional runs: samples of class K, or all: --n of each class, one grid row per class")
+@click.option("--cond", "vector", default=None, metavar="V[,V...]",
+              help="runs trained with data.condition = vector: the condition vector of every sample")
 @click.option("--cfg", "scale", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale w (0 unconditional, 1 conditional, > 1 guided; needs --class)")
 @click.option("--cfg-interval", "interval", default=None, metavar="LO,HI",
@@ -202,28 +204,28 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-           options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
+           options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
            variance: str | None, trajectory: str | None, out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
-    or low-density guidance. Under torchrun, each process samples its share of the seeds (the same samples
-    as one process)."""
+    or low-density guidance; DDPM/DDIM with an optimal or learned reverse variance on a chosen trajectory.
+    Under torchrun, each process samples its share of the seeds (the same samples as one process)."""
     from .train.distributed import distributed_world
 
     with distributed_world() as world:
-        _sample(run_dir, solver, nfe, count, seed, grid, options, which, scale, interval, rescale, classifier,
-                energy, guide_scale, variance, trajectory, out, world)
+        _sample(run_dir, solver, nfe, count, seed, grid, options, which, vector, scale, interval, rescale,
+                classifier, energy, guide_scale, variance, trajectory, out, world)
 
 
 def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-            options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
+            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
             rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
             variance: str | None, trajectory: str | None, out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
     from .image_grid import save_image_grid
-    from .cli_guidance import guided_from_options
+    from .cli_guidance import guided_from_options, vector_condition
     from .pipeline import class_count, load_run, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
@@ -233,20 +235,22 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         run = load_run(run_dir)
         run.denoiser.to(world.device)
         ancestral = variance is not None or trajectory is not None
-        name = solver or ("ddpm" if ancestral else run.config.sampling.solver)
         if ancestral and grid is not None:
             raise ValueError("--grid and --trajectory exclude each other; allowed: one of them")
-        grid = grid if grid is not None or solver is not None or ancestral else run.config.sampling.grid  # the run's own grid
+        name = solver or ("ddpm" if ancestral else run.config.sampling.solver)
+        grid = grid if grid is not None or solver is not None or ancestral else run.config.sampling.grid  # the run's own
         grid_rule(make_solver(name, **opts), grid)
         cond, rows = None, None
         if which is not None:
             num_classes = run.info.num_classes if classifier is not None and energy is None else None
             cond, rows = _classes(which, num_classes or class_count(run, "--class"), count)
-        denoiser, note = guided_from_options(run, run_dir, which=which, cfg=scale, interval=_interval(interval),
+        if vector is not None:
+            if which is not None:
+                raise ValueError("give --class (class labels) or --cond (a condition vector), not both")
+            cond = vector_condition(run, vector, count)
+        denoiser, note = guided_from_options(run, run_dir, which=which if vector is None else vector, cfg=scale, interval=_interval(interval),
                                              rescale=rescale, classifier=classifier, energy=energy,
                                              scale=guide_scale)
-        if ancestral and denoiser is not run.denoiser:
-            raise ValueError("--variance and --trajectory do not combine with guidance; allowed: one of them")
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
@@ -256,7 +260,8 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
             from .run_variances import sample_with_variance
 
             sol = sample_with_variance(run, run_dir, name, variance or "small", trajectory or "even",
-                                       nfe or run.config.sampling.nfe, total, seed=seed, cond=cond, **opts)
+                                       nfe or run.config.sampling.nfe, total, seed=seed, cond=cond, denoiser=denoiser,
+                                       **opts)
         else:
             sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
                                   grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
@@ -274,7 +279,8 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
                 np.save(f, x.numpy())
 
         atomic_write(path, write)
-    guided = f", class {which}" + (f", {note}" if note else "") if which is not None else ""
+    guided = (f", class {which}" if which is not None else f", condition {vector}" if vector is not None else "") + (
+        f", {note}" if note else "")
     shared = f" on {world.size} processes" if world.distributed else ""
     click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}){shared} -> {path}")
 
@@ -353,6 +359,33 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
     from .demo import digits_demo
 
     _train(lambda: digits_demo(out, steps=steps, progress=not quiet))
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("--method", required=True, help="progressive, consistency, consistency-training or reflow")
+@click.option("--to", "to", type=click.IntRange(min=1), default=1, show_default=True, help="sampling steps of the result")
+@click.option("--out", default=None, help="run folder of the result (default RUN_DIR-METHOD-K)")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="training steps (per stage / per reflow round)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="learning rate")
+@click.option("--from", "start", type=click.IntRange(min=2), default=None, help="progressive: the first teacher's DDIM steps")
+@click.option("--solver", default=None, help="consistency: the teacher's ODE solver step (default heun)")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="reflow: rounds (default 1)")
+@click.option("--couplings", type=click.IntRange(min=1), default=None, help="reflow: couplings per round (default 4000)")
+@click.option("--one-step", is_flag=True, help="reflow: distil the last flow to one step")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def distill(run_dir: str, method: str, to: int, out: str | None, quiet: bool, **options: Any) -> None:
+    """Few-step students of a trained run (progressive distillation, consistency models, reflow); each result
+    is an ordinary run folder that samples with its own solver and step count."""
+    from .distill.command import prepare_distill
+
+    try:
+        _, target, action = prepare_distill(run_dir, method, out, to, **options)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    _train(lambda: action(not quiet))
+    click.echo(f"{method}: run folder {target} (samples with {to} step{'s' if to > 1 else ''}; "
+               f"`diffusekit sample {target}`)")
 
 
 @main.command("eval")
@@ -458,7 +491,8 @@ def colorize(run_dir: str, input_path: str, solver: str, nfe: int, resamples: in
 @click.option("--data", default="macrodata", show_default=True, help="macrodata, or a CSV of numeric columns (no blanks)")
 @click.option("--window", type=click.IntRange(min=2), default=24, show_default=True, help="window length (rows)")
 @click.option("--train-rows", type=click.IntRange(min=2), default=None, help="train on the first N rows only")
-@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=800, show_default=True,
+              help="training steps (800: calibrated better on macrodata than 3,000, benchmarks/RESULTS.md)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int | None, steps: int, seed: int,
@@ -497,6 +531,87 @@ def impute(run_dir: str, input_path: str, samples: int, solver: str, nfe: int, s
         _refuse(e)
     write_imputed(target, header, rows, spec.columns, draws)
     click.echo(f"{int(table.isnan().sum())} cells imputed with {samples} draws each ({solver}, {nfe} NFE) -> {target}")
+
+# ---- inverse problems and editing (bodies in diffusekit.tasks.commands) -------------------------
+def _task(action: Any) -> None:
+    try:
+        message = action()
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    click.echo(message)
+
+
+_RESTORE_METHODS = "pigdm, ddnm, dps, replacement or repaint"
+
+
+def _task_options(method: str, steps: int) -> Any:
+    def wrap(f: Any) -> Any:
+        for opt in reversed([
+            click.argument("run_dir"),
+            click.argument("input_path", metavar="INPUT"),
+            click.option("--method", default=method, show_default=True, help=f"{_RESTORE_METHODS}"),
+            click.option("--steps", type=click.IntRange(1, MAX_NFE), default=steps, show_default=True,
+                         help="DDPM steps on a log-SNR-uniform grid"),
+            click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+            click.option("--out", default=None, help="result .npy (default RUN_DIR/<command>.npy); grid beside it"),
+        ]):
+            f = opt(f)
+        return f
+    return wrap
+
+
+@main.command()
+@_task_options("repaint", 50)
+@click.option("--mask", default="bottom", show_default=True,
+              help="hidden part: bottom, right, random:P (P = kept fraction) or box:TOP,LEFT,HEIGHT,WIDTH")
+@click.option("--jump", "jump_length", type=click.IntRange(min=1), default=5, show_default=True, help="RePaint jump length")
+@click.option("--resamples", type=click.IntRange(min=1), default=5, show_default=True, help="RePaint resamplings")
+def inpaint(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None, mask: str,
+            jump_length: int, resamples: int) -> None:
+    """Inpaint images (PNG, folder, .npy, .npz): hide --mask, fill it from the run's model."""
+    from .tasks.commands import inpaint as body
+
+    _task(lambda: body(run_dir, input_path, out, mask=mask, method=method, steps=steps, jump_length=jump_length,
+                       resamples=resamples, seed=seed))
+
+
+@main.command()
+@_task_options("pigdm", 50)
+@click.option("--factor", type=click.IntRange(min=2), default=2, show_default=True, help="upsampling factor")
+def superres(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None, factor: int) -> None:
+    """Super-resolve low-resolution images (the run's size / --factor) as average-pooling inversion."""
+    from .tasks.commands import superres as body
+
+    _task(lambda: body(run_dir, input_path, out, factor=factor, method=method, steps=steps, seed=seed))
+
+
+@main.command()
+@_task_options("pigdm", 50)
+@click.option("--blur", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Gaussian blur std in pixels")
+@click.option("--noise", type=float, default=0.0, show_default=True, help="measurement noise std ([-1, 1] units)")
+def deblur(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None, blur: float,
+           noise: float) -> None:
+    """Deblur images blurred by a Gaussian of --blur pixels (circular boundary)."""
+    from .tasks.commands import deblur as body
+
+    _task(lambda: body(run_dir, input_path, out, blur=blur, noise=noise, method=method, steps=steps, seed=seed))
+
+
+@main.command("sdedit")
+@click.argument("run_dir")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--t0", type=float, default=None, help="edit strength as the schedule's time (default: log-SNR 0)")
+@click.option("--solver", default=None, help="solver name (default: the run's)")
+@click.option("--nfe", type=NFE, default=None, help="model evaluations (default: the run's)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help="result .npy (default RUN_DIR/sdedit.npy); grid beside it")
+def sdedit_command(run_dir: str, input_path: str, t0: float | None, solver: str | None, nfe: int | None, seed: int,
+                   out: str | None) -> None:
+    """SDEdit: noise images to --t0 and denoise them (image-to-image; larger t0 = more realism, less faithful)."""
+    from .tasks.commands import edit
+
+    _task(lambda: edit(run_dir, input_path, out, t0=t0, solver=solver, nfe=nfe, seed=seed))
 
 
 if __name__ == "__main__":

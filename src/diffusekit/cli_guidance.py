@@ -7,6 +7,7 @@ allowed; ``cli.py`` turns those into one ``Error:`` line with exit status 2.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,28 @@ def train_classifier_command(run_dir: str, *, steps: int, width: int, depth: int
             f"{noisy:.3f} at sigma/alpha = 1")
 
 
+def vector_condition(run: Any, text: str, count: int) -> Any:
+    """``--cond v1,v2,...`` as a (count, cond_dim) float tensor, for a run trained with data.condition = vector."""
+    import torch
+
+    dim = run.info.cond_dim
+    if run.config.data.condition != "vector" or dim is None:
+        raise ValueError("--cond needs a run trained with data.condition = vector; this run has no condition vectors")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != dim or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--cond expects {dim} finite number(s) separated by commas (this run's condition size), "
+                         f"got {text!r}")
+    return torch.tensor(values).expand(count, dim)
+
+
 def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float | None,
                         interval: tuple[float, float] | None, rescale: float | None, classifier: str | None,
                         energy: str | None, scale: float | None) -> tuple[DenoiserLike, str]:
     """The denoiser ``diffusekit sample`` runs, and a note on its guidance for the output line.
+    ``which``: the ``--class`` (or ``--cond``) the samples are conditioned on, None for none.
 
     ``--cfg w`` (classifier-free); ``--classifier [PATH] --scale s`` (classifier guidance of the
     unconditional model, or with ``--cfg`` of the CFG-guided conditional one); ``--energy low-density
@@ -55,11 +74,12 @@ def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float
     guided = classifier is not None or energy is not None
     if scale is not None and not guided:
         raise ValueError("--scale needs --classifier or --energy (the guidance it scales)")
-    if cfg is not None:
+    vector = run.config.data.condition == "vector"
+    if cfg is not None and not vector:
         class_count(run, "--cfg")
     if (cfg is not None or guided) and which is None:
         option = "--cfg" if cfg is not None else "--classifier" if classifier is not None else "--energy"
-        raise ValueError(f"{option} needs --class (the class to guide towards)")
+        raise ValueError(f"{option} needs --class (the class to guide towards)" + (" or --cond" if vector else ""))
     s = 1.0 if scale is None else scale
     notes = []
     if cfg is not None:

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from .data import TOY_NAMES, load_dataset
+from .data.images import lattice_levels
 from .denoiser import Denoiser
 from .likelihood import continuous_vlb, dequantized_bits_per_dim, discrete_vlb, ode_log_likelihood
 from .pipeline import LoadedRun, load_run, load_training_data, sample_denoiser
@@ -61,9 +62,9 @@ METRICS: tuple[str, ...] = ("fid", "kid", "pr", "cfd", "is", "sw", "nll", "vlb")
 CLASSIFIER_DATASETS = {"digits": "digits", "fashion": "fashion_mnist", "fashion-mnist": "fashion_mnist",
                        "fashion_mnist": "fashion_mnist"}
 LN2 = math.log(2.0)
-#: ``ode_log_likelihood`` settings of ``nll`` unless overridden: score SDE's dopri5 tolerances, the exact
-#: divergence up to 16 dimensions (toys), else Hutchinson with 2 Rademacher probes (per-item error bars).
-NLL_DEFAULTS: dict[str, Any] = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "max_exact_dim": 16, "probes": 2}
+#: ``ode_log_likelihood`` settings of ``nll`` unless overridden: none, so ``diffusekit eval`` uses the API's
+#: defaults (adaptive quadrature to ``tol`` nats/dim; benchmarks/RESULTS.md measures exactly these).
+NLL_DEFAULTS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,6 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _lattice_levels(x: Tensor, candidates: Sequence[int]) -> int | None:
-    """The first L in ``candidates`` whose lattice 2 k / (L - 1) - 1 holds every value of ``x``, or None."""
-    for levels in candidates:
-        k = (x.double() + 1.0) * (levels - 1) / 2.0
-        if bool(((k - k.round()).abs() < 1e-4).all()) and bool(((k >= -1e-4) & (k <= levels - 1 + 1e-4)).all()):
-            return levels
-    return None
-
-
 def real_data(run: LoadedRun, n: int, seed: int = 0) -> RealData:
     """Up to ``n`` reference items for ``run``, a random subset (by ``seed``) of the best available set.
 
@@ -129,7 +121,7 @@ def real_data(run: LoadedRun, n: int, seed: int = 0) -> RealData:
     if tuple(x.shape[1:]) != run.info.data_shape:
         raise ValueError(f"reference data of shape {tuple(x.shape[1:])} do not match the run's {run.info.data_shape}")
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-    levels = _lattice_levels(x[perm], (17, 256)) if x.ndim == 4 else None
+    levels = lattice_levels(x[perm], (17, 256)) if x.ndim == 4 else None
     return RealData(x[perm], None if labels is None else labels[perm], name, source, held_out, levels)
 
 

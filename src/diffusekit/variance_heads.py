@@ -18,8 +18,6 @@ the conditional mean being the minimiser) with the eps model frozen.
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -167,15 +165,16 @@ class HeadVariance:
         var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.head.eps_cov(pred)
         return clip_first_step(var, step, self.first_step_clip)
 
-    def decoder_var(self, pred: Prediction, step: Step, clipped: Number = math.nan) -> Number:
+    def decoder_var(self, pred: Prediction, step: Step, clipped: Number | None = None) -> Number:
+        """(sigma_1 / alpha_1)^2 Cov[eps | x_1] per element; ``clipped`` (the fixed rules' decoder variance) is not used."""
         return eps_gain(step, 0.0) ** 2 * self.head.eps_cov(pred).clamp(min=self.floor)
 
 
-def _builder(kind: str) -> Callable[..., HeadVariance]:
+def _head_variance(kind: str) -> Callable[..., HeadVariance]:
     def build(head: MomentHead, eta: float = 1.0, first_step_clip: float | None = None) -> HeadVariance:
         return HeadVariance(head, eta=eta, first_step_clip=first_step_clip, kind=kind)
 
     return build
 
 
-VARIANCE_BUILDERS.update({kind: _builder(kind) for kind in HEAD_KINDS})
+VARIANCE_BUILDERS.update(sn=_head_variance("sn"), npr=_head_variance("npr"))

@@ -32,6 +32,7 @@ __all__ = [
     "load_array",
     "ARRAY_EXTENSIONS",
     "uint8_to_unit",
+    "lattice_levels",
     "random_flip",
 ]
 
@@ -48,6 +49,15 @@ def uint8_to_unit(arr: np.ndarray | Tensor) -> Tensor:
     """Map uint8 values 0..255 to float32 in [-1, 1] (``x / 127.5 - 1``)."""
     t = torch.as_tensor(np.asarray(arr) if not isinstance(arr, Tensor) else arr)
     return t.to(torch.float32) / 127.5 - 1.0
+
+
+def lattice_levels(x: Tensor, candidates: Sequence[int] = (17, 256)) -> int | None:
+    """The first L in ``candidates`` whose lattice 2 k / (L - 1) - 1 holds every value of ``x``, or None."""
+    for levels in candidates:
+        k = (x.double() + 1.0) * (levels - 1) / 2.0
+        if bool(((k - k.round()).abs() < 1e-4).all()) and bool(((k >= -1e-4) & (k <= levels - 1 + 1e-4)).all()):
+            return levels
+    return None
 
 
 def load_digits() -> tuple[Tensor, Tensor]:
@@ -276,6 +286,36 @@ def load_image_folder(
     images = uint8_to_unit(out).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(label_list, dtype=torch.int64) if class_names else None
     return images, labels, class_names
+
+
+def _read_image(f: Path, size: int, mode: str) -> np.ndarray:
+    """One image file as uint8 (size, size, C) in ``mode`` (L or RGB): shorter side resized to ``size``
+    (bicubic), centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as src:
+            im: Image.Image = src.convert(mode)
+            w, h = im.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top_ = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top_, left + size, top_ + size))
+            return np.array(im, dtype=np.uint8).reshape(size, size, 1 if mode == "L" else 3)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {f}: {e}") from None
+
+
+def load_image_file(path: str | os.PathLike[str], size: int, channels: int) -> Tensor:
+    """One image file as (1, channels, size, size) in [-1, 1], resized and cropped as :func:`load_image_folder`."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file not found: {p}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    return uint8_to_unit(_read_image(p, size, "L" if channels == 1 else "RGB")[None]).permute(0, 3, 1, 2).contiguous()
 
 
 _DATA_KEYS: tuple[str, ...] = ("x", "images", "data")
