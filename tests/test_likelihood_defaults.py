@@ -160,3 +160,26 @@ def test_hutchpp_deflation_is_exact_on_identity_plus_low_rank() -> None:
     z = (exact + deflated.mean(1) - trace) / (deflated.std(1) / math.sqrt(4000))
     assert float(z.abs().max()) < 4, z
     assert bool((deflated.var(1) < 0.6 * plain.var(1)).all()), (deflated.var(1), plain.var(1))
+
+
+def test_panel_rule_degrees_and_refinement() -> None:
+    """Boole is exact to degree 5 on any panel set; |Boole - Simpson| vanishes to degree 3 and not at
+    degree 4; halving a panel keeps every node and adds four."""
+    import numpy as np
+
+    from diffusekit.likelihood.quadrature import PanelRule
+
+    rule = PanelRule(-1.0, 2.0, panels=2, depth=2)
+    for _ in range(2):
+        x = rule.grid
+        for deg in range(6):
+            vals = {i: x[i] ** deg for i in rule.nodes()}
+            integral = sum(w * vals[i] for i, w in rule.weights().items())
+            assert abs(integral - (2.0 ** (deg + 1) - (-1.0) ** (deg + 1)) / (deg + 1)) < 1e-12
+            errors = rule.panel_errors(vals)
+            assert (max(errors) < 1e-12) == (deg <= 3), (deg, errors)
+        before = set(rule.nodes())
+        added = rule.split(0)
+        assert len(added) == 4 and before | set(added) == set(rule.nodes())
+    assert not PanelRule(0.0, 1.0, panels=1, depth=0).can_split(0)
+    assert np.isclose(sum(PanelRule(0.0, 3.0).weights().values()), 3.0)
