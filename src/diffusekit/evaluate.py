@@ -325,7 +325,7 @@ def nll_metric(
     hse = torch.cat([r.std_error for r in results])
     details = {
         "n": int(values.numel()), "data": f"{data.dataset} {data.source}", "held_out": data.held_out,
-        "t_eps": results[0].t_eps, "nfe_per_batch": [r.nfe for r in results],
+        "t_eps": results[0].t_eps, "nfe_per_batch": [r.nfe for r in results], "vjps_per_batch": [r.vjps for r in results],
         "mean_hutchinson_se_per_item": float(hse.mean()) if bool(hse.isfinite().all()) else None,
         **{k: v for k, v in ode_options.items() if isinstance(v, (int, float, str))},
     }
