@@ -308,3 +308,54 @@ def test_npr_beats_sn_and_analytic_with_a_biased_eps(heads) -> None:
     mom = estimate_moments(model, aniso().sample(4000, seed=2), times=T_TRAJ, samples=4000)
     b = _bounds(model, heads, "biased ", mom)
     assert b["npr"] < b["sn"] - 1.0 and b["npr"] < b["analytic"] - 1.0, b
+
+
+@pytest.mark.parametrize("param", ["eps", "x0", "v"])
+def test_bound_is_the_same_for_eps_x0_and_v_models(param: str) -> None:
+    """The bound on a sub-trajectory, for Analytic-DPM (eta = 1 and 0.5) and 'large', through eps / x0 / v networks."""
+    from diffusekit.denoiser import Denoiser
+
+    from .test_likelihood import _OracleNet
+
+    mix = mixture(SCHED)
+    model = Denoiser(_OracleNet(mix, Denoiser(None, SCHED, param)), SCHED, param).double()
+    x = mix.sample(64, seed=4)
+    mom = estimate_moments(mix, x, times=T_TRAJ, samples=50)
+    for rule in (OptimalVariance(mom), OptimalVariance(mom, eta=0.5), "large"):
+        want = discrete_vlb(mix, x, times=T_TRAJ, variance=rule, decoder="gaussian").total
+        got = discrete_vlb(model, x, times=T_TRAJ, variance=rule, decoder="gaussian").total
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_ddim_at_eta_one_is_ddpm_for_every_variance() -> None:
+    """DDIM(eta = 1, variance) draws the same samples as DDPM(variance): one eta-family mean and noise."""
+    mix = mixture(SCHED)
+    mom = estimate_moments(mix, mix.sample(200, seed=1), times=T_TRAJ, samples=20)
+    grid = trajectory_grid(SCHED, TRAJ)
+    for rule in (OptimalVariance(mom), "large", "small"):
+        a, b = (dk.sample(mix, dk.make_solver(name, variance=rule, **kw), grid=grid, shape=(8,), batch=16, seed=3,
+                          dtype=torch.float64, progress=False).x
+                for name, kw in (("ddpm", {}), ("ddim", {"eta": 1.0})))
+        torch.testing.assert_close(a, b)
+
+
+def test_first_step_clip_limits_only_the_step_into_the_first_point() -> None:
+    mix = mixture(SCHED)
+    mom = estimate_moments(mix, mix.sample(200, seed=1), times=T_TRAJ, samples=20)
+    seen: list[tuple[int | None, float, float]] = []
+
+    class Spy(OptimalVariance):
+        def __call__(self, pred, step):  # type: ignore[no-untyped-def]
+            var = super().__call__(pred, step)
+            seen.append((step.remaining, float(var), float(OptimalVariance.__call__(plain, pred, step))))
+            return var
+
+    plain = OptimalVariance(mom)
+    dk.sample(mix, dk.make_solver("ddpm", variance=Spy(mom, first_step_clip=0.01)), grid=trajectory_grid(SCHED, TRAJ),
+              shape=(8,), batch=4, dtype=torch.float64, progress=False)
+    alpha_1 = float(SCHED.alpha_sigma(T_TRAJ[:1])[0])
+    for remaining, var, unclipped in seen:
+        assert var == (min(unclipped, (0.01 * alpha_1 / 2) ** 2) if remaining == 2 else unclipped)
+    assert any(r == 2 and v < u for r, v, u in seen)
+    with pytest.raises(ValueError, match="first_step_clip must be a positive number"):
+        OptimalVariance(mom, first_step_clip=0.0)

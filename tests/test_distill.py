@@ -140,6 +140,32 @@ def test_one_step_consistency_sampling_of_the_exact_function_is_the_exact_ode_sa
     assert two.nfe == 2 and bool(two.x.isfinite().all())
 
 
+def test_consistency_sampling_continues_from_a_projection_made_after_a_step() -> None:
+    """The solver contract (tests/test_contracts.py): each step evaluates f at the x the loop hands it."""
+    schedule = dk.EDMSchedule()
+    oracle = smooth_mixture(schedule, dim=2)
+    seen: list[torch.Tensor] = []
+
+    def spy(x: torch.Tensor, t: float, cond: object = None) -> dk.Prediction:
+        seen.append(x.clone())
+        return oracle(x, t, cond)
+
+    spy.schedule = schedule  # type: ignore[attr-defined]
+
+    class Shift:
+        def on_prediction(self, pred, t):  # type: ignore[no-untyped-def]
+            return pred
+
+        def after_step(self, x, step, ctx):  # type: ignore[no-untyped-def]
+            return x + 1.0 if step.i == 0 else x
+
+    dk.sample(spy, dk.make_solver("consistency"), shape=(2,), batch=3, steps=3, constraints=[Shift()], progress=False)
+    plain: list[torch.Tensor] = []
+    seen, kept = plain, seen
+    dk.sample(spy, dk.make_solver("consistency"), shape=(2,), batch=3, steps=3, progress=False)
+    torch.testing.assert_close(kept[1], plain[1] + 1.0)  # same noise, the projected x was used
+
+
 def test_the_consistency_curriculum_and_levels() -> None:
     assert [curriculum(k, 800) for k in (0, 99, 100, 200, 799)] == [11, 11, 21, 41, 1281]
     t = consistency_times(dk.EDMSchedule(), 18, 0.002)
@@ -226,3 +252,99 @@ def test_couplings_resume_shard_by_shard_and_refuse_other_settings(tmp_path) -> 
     torch.testing.assert_close(whole, again, rtol=0, atol=0)
     with pytest.raises(ValueError, match="holds couplings made with .*allowed: the same settings"):
         generate_couplings(oracle, tmp_path / "b", 10, (2,), nfe=8, shard_size=4, progress=False)
+
+
+# ---- the command line: distilled runs are ordinary runs ------------------------------------------
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from diffusekit.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A tiny class-conditional 2-D teacher (EDM) and a rectified flow on the same labelled data."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("distill")
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 2
+    x = (torch.randn(400, 2, generator=g) * 0.1 + torch.tensor([[0.6, 0.0], [-0.6, 0.3]])[y]).clamp(-1, 1)
+    np.savez(root / "toy.npz", x=x.numpy(), y=y.numpy())
+    common = ["--set", f"data.name='{root / 'toy.npz'}'", "--set", "data.labels=true", "--set", "steps=20",
+              "--set", "checkpoint_every=20", "--set", "data.batch_size=64", "--quiet"]
+    code, text = cli("train", "toy2d", *common, "--out", str(root / "edm"))
+    assert code == 0, text
+    code, text = cli("train", "toy2d", *common, "--set", "diffusion.schedule=flow", "--set", "diffusion.parameterization=velocity",
+                     "--set", "diffusion.weighting=velocity", "--set", "diffusion.time_sampling=uniform", "--out", str(root / "rf"))
+    assert code == 0, text
+    return root
+
+
+@pytest.mark.slow  # trains two toy teachers and four students for a few steps each
+def test_distilled_runs_sample_evaluate_guide_and_solve_tasks(toy_runs) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from diffusekit.pipeline import load_run
+    from diffusekit.tasks import Mask, Replacement
+
+    root = toy_runs
+    jobs = {
+        "pd": ("progressive", "1", str(root / "edm"), ["--from", "4", "--steps", "3"]),
+        "cd": ("consistency", "2", str(root / "edm"), ["--steps", "3", "--solver", "euler"]),
+        "ct": ("consistency-training", "1", str(root / "edm"), ["--steps", "3"]),
+        "rf": ("reflow", "2", str(root / "rf"), ["--steps", "3", "--couplings", "80", "--one-step"]),
+    }
+    for name, (method, to, teacher, extra) in jobs.items():
+        out = root / f"student-{name}"
+        code, text = cli("distill", teacher, "--method", method, "--to", to, "--out", str(out), "--quiet", *extra)
+        assert code == 0, text
+        cfg = load_run(out).config
+        nfe = 1 if name == "rf" else int(to)  # the one-step distilled flow samples in one step
+        assert cfg.sampling.nfe == nfe and (out / "distill.json").is_file()
+        code, text = cli("sample", str(out), "--n", "6", "--out", str(root / f"{name}.npy"))
+        assert code == 0 and f"({nfe} NFE)" in text, text
+        assert np.isfinite(np.load(root / f"{name}.npy")).all()
+        code, text = cli("sample", str(out), "--n", "4", "--class", "1", "--cfg", "2", "--out", str(root / f"{name}-g.npy"))
+        assert code == 0 and "CFG w=2" in text, text
+        code, text = cli("eval", str(out), "--metrics", "sw", "--n", "40", "--quiet")
+        assert code == 0, text
+        run = load_run(out)
+        mask = Replacement(Mask(torch.tensor([True, False])), torch.tensor([1.0]))
+        sol = dk.sample(run.denoiser, dk.make_solver(cfg.sampling.solver), shape=(2,), batch=5, steps=cfg.sampling.nfe,
+                        grid=cfg.sampling.grid, cond=torch.ones(5, dtype=torch.long), constraints=[mask], progress=False)
+        torch.testing.assert_close(sol.x[:, 0], torch.ones(5))  # inpainting keeps the known coordinate
+    assert (root / "student-pd" / "stages" / "4-to-2" / "checkpoints").is_dir()  # the stage-1 student taught stage 2
+    assert load_run(root / "student-cd").config.diffusion.parameterization == "consistency"
+    assert (root / "student-rf" / "stages" / "couplings-2" / "couplings.json").is_file()
+
+
+def test_distill_command_refuses_unknown_methods_and_folders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for args, message in [
+        ([str(tmp_path), "--method", "distil"], "unknown distillation method 'distil'; allowed: progressive, consistency"),
+        ([str(tmp_path / "nowhere"), "--method", "progressive"], "run folder not found"),
+        ([str(tmp_path), "--method", "reflow", "--solver", "heun"], "--solver applies to --method consistency only"),
+    ]:
+        code, text = cli("distill", *args)
+        assert code == 2 and message in text and text.count("\n") == 1, (args, text)
+
+
+@pytest.mark.slow  # needs the trained toy teachers
+def test_distill_command_errors(toy_runs) -> None:  # type: ignore[no-untyped-def]
+    edm, rf = str(toy_runs / "edm"), str(toy_runs / "rf")
+    for args, message in [
+        ([edm, "--method", "consistency", "--from", "8"], "--from applies to --method progressive only"),
+        ([edm, "--method", "progressive", "--to", "4", "--from", "24"], "must be 4 times a power of 2"),
+        ([edm, "--method", "reflow"], "reflow needs a rectified-flow run"),
+        ([rf, "--method", "consistency"], "needs a schedule with alpha > 0 at t_max"),
+        ([edm, "--method", "consistency", "--solver", "ddpm"], "deterministic fixed-step solver"),
+        ([edm, "--method", "progressive", "--out", edm], "is the teacher's own run folder"),
+        ([rf, "--method", "reflow", "--couplings", "10"], "--couplings must be at least the run's data.batch_size (64)"),
+    ]:
+        code, text = cli("distill", *args)
+        assert code == 2 and message in text and text.count("\n") == 1, (args, text)

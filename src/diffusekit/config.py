@@ -28,8 +28,8 @@ from .tuned import DEFAULT_NFE, DEFAULT_SOLVER
 class DataConfig:
     """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz);
     ``labels``: feed the data's class labels to the network (a class-conditional model); ``condition``:
-    ``vector`` feeds the data's condition vectors instead (e.g. ``shifted_mixture``; MLP only). ``batch_size`` is
-    the global batch of one optimiser step, whatever the number of processes and ``optim.accumulate``."""
+    ``vector`` feeds the data's condition vectors instead (e.g. ``shifted_mixture``; MLP only). ``batch_size``
+    is the global batch of one optimiser step, whatever the number of processes and ``optim.accumulate``."""
 
     name: str = "digits"
     labels: bool = False
@@ -43,10 +43,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network family (``unet`` or ``mlp``) and size preset (tiny/small/base)."""
+    """Network family (``unet`` or ``mlp``) and size preset (tiny/small/base); ``learn_variance``: a
+    reverse-variance head (Nichol & Dhariwal 2021, eq. 15), trained by ``diffusion.loss`` hybrid or vlb."""
 
     kind: str = "unet"
     preset: str = "tiny"
+    learn_variance: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class DiffusionConfig:
 
     ``p_uncond``: with ``data.labels``, the probability that a training label is replaced by the null
     label, so one network is conditional and unconditional (Ho & Salimans 2022, sec. 3.2, joint training).
+    ``loss``: ``simple`` (the DSM loss with ``weighting``), ``hybrid`` (L_simple + ``vlb_weight`` L_vlb,
+    Nichol & Dhariwal 2021, eq. 16) or ``vlb``; the last two need a discrete schedule and
+    ``model.learn_variance``, and sample t uniformly over its steps or by ``importance`` (eq. 17).
     """
 
     schedule: str = "edm"
@@ -62,6 +67,8 @@ class DiffusionConfig:
     time_sampling: str = "lognormal"
     weighting: str = "edm"
     p_uncond: float = 0.1
+    loss: str = "simple"
+    vlb_weight: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -236,9 +243,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": _integer(1, none=True), "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool),
                                                                  "1 or 3 (or left out)"),
     "data.num_samples": _integer(1), "data.condition": _one_of("none", "vector"),
-    "model.kind": _one_of("unet", "mlp"), "model.preset": _name(),
+    "model.kind": _one_of("unet", "mlp"), "model.preset": _name(), "model.learn_variance": _FLAG,
     "diffusion.schedule": _name(), "diffusion.parameterization": _name(), "diffusion.time_sampling": _name(),
     "diffusion.weighting": _name(), "diffusion.p_uncond": _number(0.0, 1.0, lo_open=False),
+    "diffusion.loss": _one_of("simple", "hybrid", "vlb"), "diffusion.vlb_weight": _number(0.0, lo_open=False),
     "optim.lr": _number(0.0), "optim.weight_decay": _number(0.0, lo_open=False), "optim.warmup_steps": _integer(0),
     "optim.lr_schedule": _one_of("constant", "cosine"), "optim.grad_clip": _number(0.0),
     "optim.ema_half_life": _number(0.0), "optim.accumulate": _integer(1),

@@ -11,6 +11,7 @@ and was trained with the model, schedule, parameterization and data shape the co
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,11 +23,13 @@ from torch import Tensor, nn
 
 from .config import RunConfig, check_config
 from .data import ArrayLoader, load_dataset
+from .data.images import lattice_levels
 from .data.toys import CONDITIONAL_TOY_NAMES, TOY_NAMES
 from .denoiser import Denoiser, DenoiserLike
 from .files import atomic_write_text, remove_orphan_temp_files
 from .image_grid import save_image_grid
 from .losses import DSMLoss
+from .losses.hybrid import HybridLoss
 from .models import mlp_preset, unet_preset
 from .noise import sample_keys
 from .sample import GRID_POLICIES, Solution, grid_rule, sample, steps_for_nfe
@@ -85,7 +88,7 @@ class RunInfo:
 def run_meta(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
     """What a checkpoint records about the run it belongs to, checked again whenever it is loaded."""
     return {
-        "model.kind": cfg.model.kind, "model.preset": cfg.model.preset,
+        "model.kind": cfg.model.kind, "model.preset": cfg.model.preset, "model.learn_variance": cfg.model.learn_variance,
         "data.labels": cfg.data.labels, "data.condition": cfg.data.condition, "diffusion.schedule": cfg.diffusion.schedule,
         "diffusion.parameterization": cfg.diffusion.parameterization, "data_shape": list(info.data_shape),
         "num_classes": info.num_classes,
@@ -119,10 +122,12 @@ def check_names(cfg: RunConfig) -> None:
 
     if cfg.model.preset not in PRESET_NAMES:
         raise ValueError(f"model.preset must be one of {', '.join(PRESET_NAMES)}, got {cfg.model.preset!r}")
+    check_variance_training(cfg)
     for key, registry, name in [
         ("diffusion.schedule", SCHEDULES, cfg.diffusion.schedule),
         ("diffusion.parameterization", PARAMETERIZATIONS, cfg.diffusion.parameterization),
-        ("diffusion.time_sampling", TIME_SAMPLERS, cfg.diffusion.time_sampling),
+        ("diffusion.time_sampling", TIME_SAMPLERS, None if cfg.diffusion.time_sampling == "importance"
+         else cfg.diffusion.time_sampling),
         ("diffusion.weighting", WEIGHTINGS, cfg.diffusion.weighting),
         ("sampling.solver", SOLVERS, cfg.sampling.solver),
     ]:
@@ -130,6 +135,41 @@ def check_names(cfg: RunConfig) -> None:
             raise ValueError(f"{key} must be one of {', '.join(registry.names())}, got {name!r}")
     if cfg.sampling.grid is not None and cfg.sampling.grid not in (*GRID_POLICIES, *GRIDS.names()):
         raise ValueError(f"sampling.grid must be one of {', '.join([*GRID_POLICIES, *GRIDS.names()])}, got {cfg.sampling.grid!r}")
+
+
+def check_variance_training(cfg: RunConfig) -> None:
+    """The learned-variance settings agree: a variance head is trained by the hybrid or vlb loss, which
+    sample the N steps of the discrete schedule uniformly or by importance (Nichol & Dhariwal 2021)."""
+    dc = cfg.diffusion
+    if cfg.model.learn_variance and dc.loss == "simple":
+        raise ValueError("model.learn_variance = true needs diffusion.loss = 'hybrid' or 'vlb' (L_vlb trains the "
+                         "variance head), got 'simple'")
+    if dc.loss != "simple" and not cfg.model.learn_variance:
+        raise ValueError(f"diffusion.loss = {dc.loss!r} needs model.learn_variance = true; allowed without it: 'simple'")
+    if dc.loss != "simple" and dc.schedule != "discrete":
+        raise ValueError(f"diffusion.loss = {dc.loss!r} needs diffusion.schedule = 'discrete' (the bound's N steps), "
+                         f"got {dc.schedule!r}")
+    if dc.loss != "simple" and dc.time_sampling not in ("uniform", "importance"):
+        raise ValueError(f"diffusion.loss = {dc.loss!r} samples the schedule's steps: diffusion.time_sampling must be "
+                         f"uniform or importance, got {dc.time_sampling!r}")
+    if dc.time_sampling == "importance" and dc.schedule != "discrete":
+        raise ValueError(f"diffusion.time_sampling = 'importance' needs diffusion.schedule = 'discrete', got {dc.schedule!r}")
+
+
+def make_loss(cfg: RunConfig, info: RunInfo, x: Tensor) -> DSMLoss | HybridLoss:
+    """The training loss of a config: ``DSMLoss``, or ``HybridLoss`` for the hybrid / vlb losses and for
+    importance-sampled t; the decoder of L_vlb is discretised on the data's lattice (17 or 256 levels)
+    or a Gaussian density for other data."""
+    dc = cfg.diffusion
+    conditional = cfg.data.labels or cfg.data.condition == "vector"
+    labels = {"label_dropout": dc.p_uncond if conditional else 0.0,
+              "null_label": info.num_classes if cfg.data.labels else None}
+    if dc.loss == "simple" and dc.time_sampling != "importance":
+        return DSMLoss(weighting=dc.weighting, time=dc.time_sampling, **labels)
+    levels = lattice_levels(x) if x.ndim == 4 else None
+    lattice = {"decoder": "gaussian"} if levels is None else {"decoder": "discretized", "n_bits": math.log2(levels)}
+    time = "importance" if dc.time_sampling == "importance" else "uniform"
+    return HybridLoss(dc.loss, vlb_weight=dc.vlb_weight, weighting=dc.weighting, time=time, **lattice, **labels)
 
 
 def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
@@ -153,13 +193,14 @@ def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
         if len(info.data_shape) != 3:
             raise ValueError(f"the unet model needs image data (C, H, W), got shape {info.data_shape}; use model.kind=mlp")
         c, h, _ = info.data_shape
-        return unet_preset(cfg.model.preset, c, h, num_classes=num_classes)
+        return unet_preset(cfg.model.preset, c, h, num_classes=num_classes, learn_variance=cfg.model.learn_variance)
     if cfg.model.kind == "mlp":
         dim = int(torch.tensor(info.data_shape).prod())
         if len(info.data_shape) != 1:
             raise ValueError(f"the mlp model needs vectors (D,), got shape {info.data_shape}; use model.kind=unet")
         cond_dim = info.cond_dim if cfg.data.condition == "vector" else None
-        return mlp_preset(cfg.model.preset, dim, num_classes=num_classes, cond_dim=cond_dim)
+        return mlp_preset(cfg.model.preset, dim, num_classes=num_classes, cond_dim=cond_dim,
+                          learn_variance=cfg.model.learn_variance)
     raise ValueError(f"unknown model kind {cfg.model.kind!r}; allowed: mlp, unet")
 
 
@@ -176,7 +217,7 @@ class PreparedRun:
     info: RunInfo
     denoiser: Denoiser
     loader: ArrayLoader
-    loss: DSMLoss
+    loss: DSMLoss | HybridLoss
     train_config: TrainConfig
     resume_step: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -238,13 +279,7 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
     denoiser = build_denoiser(cfg, info).to(world.device)
     loader = ArrayLoader(x, y if cfg.data.labels or vector else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
                          flip=cfg.data.flip, rank=world.rank, world_size=world.size)
-    dc = cfg.diffusion
-    loss = DSMLoss(  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)
-        weighting=dc.weighting,
-        time=dc.time_sampling,
-        label_dropout=dc.p_uncond if cfg.data.labels or vector else 0.0,
-        null_label=info.num_classes if cfg.data.labels else None,
-    )
+    loss = make_loss(cfg, info, x)  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)
     oc = cfg.optim
     tcfg = TrainConfig(
         lr=oc.lr, weight_decay=oc.weight_decay, warmup_steps=oc.warmup_steps, grad_clip=oc.grad_clip,
@@ -392,7 +427,8 @@ def low_density_denoiser(run: LoadedRun, classifier: Any, scale: float, *, cfg: 
         raise ValueError(f"low-density guidance needs class labels, but {run.config.data.name} has none")
     keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_items]
     t_clean = run.denoiser.schedule.t_min
-    energy = LowDensityEnergy.from_data(lambda v: classifier.features(v, t_clean), x[keep], y[keep])
+    device = next(classifier.parameters()).device
+    energy = LowDensityEnergy.from_data(lambda v: classifier.features(v, t_clean), x[keep].to(device), y[keep])
     return EnergyGuidance(guided_denoiser(run, cfg), energy, scale, denoised=True)
 
 
@@ -411,7 +447,8 @@ def sample_denoiser(
     world: World | None = None,
     **options: Any,
 ) -> Solution:
-    """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls.
+    """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls; DDPM on a model
+    with a variance head uses its learned variance unless ``variance`` is given.
 
     With a ``world`` of several processes each rank samples its :func:`shard` of the ``n`` indices
     with those indices' own noise streams (``noise.sample_keys``) and the samples are gathered on
@@ -419,6 +456,8 @@ def sample_denoiser(
     depend on the batch; an adaptive solver's steps follow each shard's own error estimate).
     The trajectory, if saved, is this rank's shard's.
     """
+    if solver_name == "ddpm" and getattr(denoiser, "learns_variance", False):
+        options.setdefault("variance", "learned")
     solver = make_solver(solver_name, **options)
     steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
     g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)

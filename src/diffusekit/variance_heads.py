@@ -18,10 +18,8 @@ the conditional mean being the minimiser) with the eps model frozen.
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +30,7 @@ from .parameterization import Prediction
 from .progress import progress_bar
 from .stepping import Number, Step
 from .utils import append_dims, check_positive_int
-from .variances import check_clip, check_eta, clip_first_step, eps_gain, eta_var
+from .variances import VARIANCE_BUILDERS, check_clip, check_eta, clip_first_step, eps_gain, eta_var
 
 HEAD_KINDS = ("sn", "npr")
 
@@ -66,12 +64,13 @@ class MomentHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x_t: Tensor, eps_hat: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """The moment per element of x_t; alpha, sigma broadcast against x_t."""
-        b = x_t.shape[0]
+        """The moment per element of x_t (any leading dimensions before the data shape); alpha, sigma
+        broadcast against x_t."""
+        d = self.net[-1].out_features
         dtype = self.net[0].weight.dtype
-        lam = (torch.as_tensor(alpha).log() - torch.as_tensor(sigma).log()).to(x_t).expand(x_t.shape).flatten(1)[:, 0]
-        feats = torch.cat([x_t.flatten(1).to(dtype), eps_hat.flatten(1).to(dtype), self.embed(lam.to(dtype))], 1)
-        out = nn.functional.softplus(self.net(feats)).reshape(b, *x_t.shape[1:]).to(x_t.dtype)
+        lam = (torch.as_tensor(alpha).log() - torch.as_tensor(sigma).log()).to(x_t).expand(x_t.shape).reshape(-1, d)[:, 0]
+        feats = torch.cat([x_t.reshape(-1, d).to(dtype), eps_hat.reshape(-1, d).to(dtype), self.embed(lam.to(dtype))], 1)
+        out = nn.functional.softplus(self.net(feats)).reshape(x_t.shape).to(x_t.dtype)
         return out if self.kind == "npr" else eps_hat**2 + out
 
     def eps_cov(self, pred: Prediction) -> Tensor:
@@ -166,5 +165,16 @@ class HeadVariance:
         var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.head.eps_cov(pred)
         return clip_first_step(var, step, self.first_step_clip)
 
-    def decoder_var(self, pred: Prediction, step: Step, clipped: Number = math.nan) -> Number:
+    def decoder_var(self, pred: Prediction, step: Step, clipped: Number | None = None) -> Number:
+        """(sigma_1 / alpha_1)^2 Cov[eps | x_1] per element; ``clipped`` (the fixed rules' decoder variance) is not used."""
         return eps_gain(step, 0.0) ** 2 * self.head.eps_cov(pred).clamp(min=self.floor)
+
+
+def _head_variance(kind: str) -> Callable[..., HeadVariance]:
+    def build(head: MomentHead, eta: float = 1.0, first_step_clip: float | None = None) -> HeadVariance:
+        return HeadVariance(head, eta=eta, first_step_clip=first_step_clip, kind=kind)
+
+    return build
+
+
+VARIANCE_BUILDERS.update(sn=_head_variance("sn"), npr=_head_variance("npr"))

@@ -23,10 +23,8 @@ with x0 -> x0_hat (Bao et al. 2022a, eq. 3), lambda^2 = eta^2 beta tilde; the me
 ``eps_gain`` (x) (eps - eps_hat), ``eps_gain`` = sigma_t alpha_s / alpha_t - sqrt(sigma_s^2 - lambda^2),
 so the optimal variance is lambda^2 + eps_gain^2 Cov[eps | x_t] (scalar: its trace / d).
 
-A rule may have ``eta`` (the DDIM eta it is for; absent: eta = 1) and
-``decoder_var(pred, step, clipped)``, its own variance of p(x0 | x_1) at the first grid point
-(absent: the bound's default); ``clipped`` is beta tilde of the step above, which the
-learned rule uses as its lower end and the optimal rules ignore.
+A rule may have ``eta`` (the DDIM eta it is for; absent: eta = 1) and ``decoder_var``, its own
+variance of p(x0 | x_1) at the first grid point (absent: the bound's default).
 
 A variance receives the step's numbers and the model's ``Prediction`` at x_t, and returns
 the variance per sample or per element (anything that broadcasts against x). Rules that
@@ -81,6 +79,8 @@ class ReverseVariance(Protocol):
     """The variance of p(x_s | x_t) on the step t = step.t0 -> s = step.t1 (s > 0).
 
     ``step`` has been shaped to x (``Step.like``); the result broadcasts against x.
+    A rule may also define ``decoder_var(pred, step, clipped)`` for the step t_1 -> 0 (the
+    decoder of the bound, where beta tilde is 0 and ``clipped`` is beta tilde of the step above).
     """
 
     name: str
@@ -169,28 +169,23 @@ class OptimalVariance:
         var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.eps_var(pred, step)
         return clip_first_step(var, step, self.first_step_clip)
 
-    def decoder_var(self, pred: Prediction, step: Step, clipped: Number = math.nan) -> Number:
-        """Var p(x0 | x_1) = (sigma_1 / alpha_1)^2 E tr Cov[eps | x_1] / d (= E tr Cov[x0 | x_1] / d)."""
+    def decoder_var(self, pred: Prediction, step: Step, clipped: Number | None = None) -> Number:
+        """Var p(x0 | x_1) = (sigma_1 / alpha_1)^2 E tr Cov[eps | x_1] / d (= E tr Cov[x0 | x_1] / d);
+        ``clipped`` (the fixed rules' decoder variance) is not used."""
         return eps_gain(step, 0.0) ** 2 * self.eps_var(pred, step)
+
+
+#: The variances that need nothing beyond the schedule, by name.
+FIXED_VARIANCES: dict[str, ReverseVariance] = {"small": SmallVariance(), "large": LargeVariance()}
 
 
 #: Stateless variances by name: the fixed ones, and those read from the model's Prediction
 #: (``learned``, registered by ``learned_variance.py``, which the package imports).
-NAMED_VARIANCES: dict[str, ReverseVariance] = {"small": SmallVariance(), "large": LargeVariance()}
+NAMED_VARIANCES: dict[str, ReverseVariance] = dict(FIXED_VARIANCES)
 
-#: Rules that need something more (estimates, a head), by name: a builder taking keyword options.
-def _head_variance(kind: str) -> Callable[..., ReverseVariance]:
-    def build(head: Any, eta: float = 1.0, first_step_clip: float | None = None) -> ReverseVariance:
-        from .variance_heads import HeadVariance  # the heads import this module
-
-        return HeadVariance(head, eta=eta, first_step_clip=first_step_clip, kind=kind)
-
-    return build
-
-
-VARIANCE_BUILDERS: dict[str, Callable[..., ReverseVariance]] = {
-    "analytic": OptimalVariance, "sn": _head_variance("sn"), "npr": _head_variance("npr"),
-}
+#: Rules that need something more (estimates, a head), by name: a builder taking keyword options
+#: (``sn`` and ``npr`` registered by ``variance_heads.py``, which the package imports).
+VARIANCE_BUILDERS: dict[str, Callable[..., ReverseVariance]] = {"analytic": OptimalVariance}
 
 
 def make_variance(variance: "str | ReverseVariance", **options: Any) -> ReverseVariance:
@@ -200,7 +195,7 @@ def make_variance(variance: "str | ReverseVariance", **options: Any) -> ReverseV
         if variance in VARIANCE_BUILDERS:
             return VARIANCE_BUILDERS[variance](**options)
         if variance not in NAMED_VARIANCES:
-            allowed = sorted({*NAMED_VARIANCES, *VARIANCE_BUILDERS})
+            allowed = [*NAMED_VARIANCES, *VARIANCE_BUILDERS]
             raise ValueError(f"variance must be one of {allowed} or a ReverseVariance, got {variance!r}")
         if options:
             raise ValueError(f"variance {variance!r} takes no options, got {sorted(options)}")

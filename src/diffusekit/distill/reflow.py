@@ -138,6 +138,14 @@ def trajectory_straightness(denoiser: DenoiserLike, x_T: Tensor, steps: int = 64
     return straightness(sol.trajectory, grid.t)  # type: ignore[arg-type]
 
 
+def check_rectified(run: LoadedRun) -> None:
+    """Refuse a run that is not a rectified flow (reflow retrains on the linear path)."""
+    if not isinstance(run.denoiser.schedule, FlowSchedule) or run.config.diffusion.parameterization != "velocity":
+        raise ValueError(f"reflow needs a rectified-flow run (diffusion.schedule = flow, parameterization = velocity), got "
+                         f"{run.config.diffusion.schedule} / {run.config.diffusion.parameterization}; allowed: a run "
+                         "trained from the rectified preset")
+
+
 def distill_reflow(teacher: LoadedRun, out: str | Path, *, rounds: int = 1, to: int = 1, couplings: int = 4000,
                    steps: int = 1000, lr: float = 2e-4, nfe: int = 20, shard_size: int = 1000, one_step: bool = False,
                    progress: bool = True) -> Path:
@@ -145,10 +153,7 @@ def distill_reflow(teacher: LoadedRun, out: str | Path, *, rounds: int = 1, to: 
     (``nfe`` calls of the default sampler), the student initialised from it; with ``one_step`` the last flow
     is then distilled to one step. Intermediate flows live under ``out/stages/``; ``out`` samples with Euler
     on ``to`` uniform-t steps."""
-    if not isinstance(teacher.denoiser.schedule, FlowSchedule) or teacher.config.diffusion.parameterization != "velocity":
-        raise ValueError(f"reflow needs a rectified flow (diffusion.schedule = flow, parameterization = velocity), got "
-                         f"{teacher.config.diffusion.schedule} / {teacher.config.diffusion.parameterization}; "
-                         "allowed: train one with the rectified preset")
+    check_rectified(teacher)
     check_positive_int("rounds", rounds)
     out = Path(out)
     p, null = label_dropout(teacher)

@@ -43,7 +43,8 @@ def student_config(teacher: RunConfig, *, name: str, steps: int, solver: str, nf
 
 def student_of(teacher: Denoiser, parameterization: str | None = None) -> Denoiser:
     """A student initialised with the teacher's weights (Salimans & Ho 2022; Song et al. 2023, sec. 4)."""
-    return Denoiser(copy.deepcopy(teacher.net), teacher.schedule, parameterization or teacher.parameterization)
+    net = copy.deepcopy(teacher.net).requires_grad_(True).train()  # the teacher may be a frozen EMA copy
+    return Denoiser(net, teacher.schedule, parameterization or teacher.parameterization)
 
 
 def label_dropout(run: LoadedRun) -> tuple[float, int | None]:

@@ -151,15 +151,11 @@ def estimate_moments(
 
 def run_moments(run_dir: str | Path, denoiser: DenoiserLike, data: Tensor, *, samples: int = 100, seed: int = 0,
                 batch: int = 1024, cond: Cond = None) -> NoiseMoments:
-    """The moments stored in a run folder (``MOMENTS_FILE``), estimated and stored on first use.
-
-    A stored estimate with fewer ``samples`` than asked is re-estimated.
-    """
+    """The moments stored in a run folder (``MOMENTS_FILE``), estimated with ``samples`` per time and
+    stored on first use; a stored estimate is reused as it is (delete the file to re-estimate)."""
     path = Path(run_dir) / MOMENTS_FILE
     if path.is_file():
-        stored = NoiseMoments.load(path)
-        if stored.samples >= samples:
-            return stored
+        return NoiseMoments.load(path)
     moments = estimate_moments(denoiser, data, samples=samples, seed=seed, batch=batch, cond=cond)
     moments.save(path)
     return moments

@@ -113,7 +113,10 @@ def dp_trajectory(moments: NoiseMoments, schedule: NoiseSchedule, k: int, eta: f
 
 def make_trajectory(name: str, schedule: NoiseSchedule, k: int, *, moments: NoiseMoments | None = None,
                     eta: float = 1.0) -> Tensor:
-    """1-based indices into the candidate times by rule name: 'even', 'quadratic' or 'dp' (needs ``moments``)."""
+    """1-based indices into the candidate times by rule name: 'even', 'quadratic' or 'dp' (needs ``moments``).
+
+    A deterministic sampler (eta = 0) has no finite bound; its 'dp' trajectory is the DDPM one (eta = 1).
+    """
     if name not in TRAJECTORIES:
         raise ValueError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {name!r}")
     n = len(moments.times) if moments is not None else schedule_times(schedule).numel()

@@ -44,13 +44,13 @@ from torch import Tensor
 
 from ..denoiser import Cond, Denoiser
 from ..noise import NoiseSource
+from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
-from ..parameterization import Prediction
 from ..stepping import Step
-from ..utils import check_positive_int
 from ..variances import ReverseVariance, eta_var, make_variance, posterior_var, transition_var
 from .dequantize import log_normal_mass
+from ..utils import check_positive_int
 
 LN2 = math.log(2.0)
 
@@ -82,8 +82,6 @@ def gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) ->
     return gaussian_kl_elements(mean_q, var_q, mean_p, var_p).flatten(1).sum(1)
 
 
-
-
 def prior_kl(schedule: NoiseSchedule, x0: Tensor, t: float) -> Tensor:
     """KL(q(x_t | x0) || N(0, prior_std^2 I)): L_T of Ho et al. eq. 5, per sample."""
     a, s = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
@@ -104,31 +102,6 @@ def discretized_gaussian_log_likelihood(x0: Tensor, mean: Tensor, std: Tensor, n
     a = torch.where(x0 < -1 + 1e-3 * half, torch.full_like(x0, -math.inf), (x0 - half - mean) / std)
     b = torch.where(x0 > 1 - 1e-3 * half, torch.full_like(x0, math.inf), (x0 + half - mean) / std)
     return log_normal_mass(a, b).flatten(1).sum(1)
-
-
-def _alpha_sigma(schedule: NoiseSchedule, t: Tensor) -> tuple[Tensor, Tensor]:
-    a, s = schedule.alpha_sigma(t.to(torch.float64).cpu())
-    return a, s
-
-
-def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> Tensor:
-    """Increasing model times t_1 < ... < t_N (float64, CPU)."""
-    if times is not None:
-        t = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
-        if t.numel() < 1 or (t.numel() > 1 and not bool((t[1:] > t[:-1]).all())):
-            raise ValueError("times must be strictly increasing")
-        schedule.validate_t(t)
-        return t
-    if steps is None:
-        if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("give steps (or times) for a continuous-time schedule")
-        steps = schedule.num_steps
-        return torch.arange(1, steps + 1, dtype=torch.float64) / steps
-    check_positive_int("steps", steps)
-    if isinstance(schedule, DiscreteSchedule) and schedule.num_steps % steps == 0:
-        stride = schedule.num_steps // steps  # a respaced DDPM: every stride-th knot
-        return torch.arange(1, steps + 1, dtype=torch.float64) * stride / schedule.num_steps
-    return torch.linspace(schedule.t_min, schedule.t_max, steps, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -192,38 +165,37 @@ def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> T
     return torch.linspace(schedule.t_min, schedule.t_max, steps, dtype=torch.float64)
 
 
-def _noisy(
-    schedule: NoiseSchedule, x0: Tensor, t: Tensor, stream: int, src: NoiseSource
-) -> tuple[Tensor, Tensor, Tensor]:
-    """x_t = alpha x0 + sigma eps for every (node, sample) pair, flattened node-major to (S * B, ...),
-    with the times (S * B,); noise for node j comes from stream ``stream + j`` of each sample."""
-    b, shape = x0.shape[0], x0.shape[1:]
-    a, s = _alpha_sigma(schedule, t)
-    eps = torch.stack([src.normal(stream + j, shape, x0.dtype) for j in range(t.numel())])
-    col = (-1, 1, *([1] * len(shape)))
-    x_t = a.to(x0).reshape(col) * x0[None] + s.to(x0).reshape(col) * eps
-    return x_t.reshape(-1, *shape), t.repeat_interleave(b), eps
-
-
-def _repeat_cond(cond: Cond, times: int) -> Cond:
-    if cond is None:
-        return None
-    c = torch.as_tensor(cond)
-    return c.repeat(times, *([1] * (c.ndim - 1)))
-
-
 def _predict_x0(
     denoiser: Denoiser, x0: Tensor, t: Tensor, stream: int, src: NoiseSource, cond: Cond, chunk: int
-) -> tuple[Tensor, int]:
-    """The model's x0 at x_t for every (node, sample) pair: (S, B, ...), and the number of batched calls."""
-    hats, calls = [], 0
+) -> tuple[Tensor, Tensor, Tensor | None, int]:
+    """x_t = alpha x0 + sigma eps for every (node, sample) pair and the model's x0 there.
+
+    ``t`` (S,) times; returns (x_t (S, B, ...), x0_hat (S, B, ...), the learned variance
+    interpolation (S, B, ...) or None (``Prediction.var_interp``), number of batched calls).
+    Noise for node j comes from stream ``stream + j`` of each sample's own generator.
+    """
+    b = x0.shape[0]
+    a, s = _alpha_sigma(denoiser.schedule, t)
+    shape = x0.shape[1:]
+    xs, hats, interps, calls = [], [], [], 0
     for lo in range(0, t.numel(), chunk):
         hi = min(lo + chunk, t.numel())
-        x_t, tt, _ = _noisy(denoiser.schedule, x0, t[lo:hi], stream + lo, src)
+        eps = torch.stack([src.normal(stream + j, shape, x0.dtype) for j in range(lo, hi)])
+        aa = a[lo:hi].to(x0).reshape(-1, 1, *([1] * len(shape)))
+        ss = s[lo:hi].to(x0).reshape(-1, 1, *([1] * len(shape)))
+        x_t = aa * x0[None] + ss * eps
+        tt = t[lo:hi].repeat_interleave(b)
+        cc = None
+        if cond is not None:
+            cc = torch.as_tensor(cond).repeat(hi - lo, *([1] * (torch.as_tensor(cond).ndim - 1)))
         with torch.no_grad():
-            hats.append(denoiser(x_t, tt, _repeat_cond(cond, hi - lo)).x0.reshape(hi - lo, *x0.shape))
+            pred = denoiser(x_t.reshape(-1, *shape), tt, cc)
+        xs.append(x_t)
+        hats.append(pred.x0.reshape(x_t.shape))
+        if pred.var_interp is not None:
+            interps.append(pred.var_interp.reshape(x_t.shape))
         calls += 1
-    return torch.cat(hats), calls
+    return torch.cat(xs), torch.cat(hats), torch.cat(interps) if interps else None, calls
 
 
 def decoder_nll(x0: Tensor, mean: Tensor, var: Tensor | float, decoder: str, n_bits: float) -> Tensor:
@@ -234,30 +206,8 @@ def decoder_nll(x0: Tensor, mean: Tensor, var: Tensor | float, decoder: str, n_b
         return -discretized_gaussian_log_likelihood(x0, mean, var.sqrt(), n_bits)
     if decoder == "gaussian":
         sq = (x0.double() - mean.double()) ** 2
-        return (0.5 * (torch.log(2 * math.pi * var) + sq / var)).expand_as(sq).flatten(1).sum(1)
+        return (0.5 * (torch.log(2 * math.pi * var) + sq / var)).flatten(1).sum(1)
     raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
-
-
-def _step_numbers(a: Tensor, s: Tensor, t: Tensor, lo: int, hi: int, b: int, device: torch.device) -> Step:
-    """Per-(node, sample) Steps t_i -> t_{i-1} for nodes lo..hi-1 of the increasing grid (node 0: -> 0)."""
-    i = torch.arange(lo, hi)
-    prev = (i - 1).clamp(min=0)
-    first = i == 0
-    a1 = torch.where(first, torch.ones_like(a[i]), a[prev])
-    s1 = torch.where(first, torch.zeros_like(s[i]), s[prev])
-    t1 = torch.where(first, torch.zeros_like(t[i]), t[prev])
-    rep = lambda v: v.repeat_interleave(b).to(device)  # noqa: E731
-    return Step(lo, rep(t[i]), rep(t1), rep(a[i]), rep(s[i]), rep(a1), rep(s1), None)
-
-
-def _rows(pred: Prediction, rows: slice) -> Prediction:
-    """The float64 prediction of the (node, sample) rows ``rows`` of a batched call."""
-    def cut(v: Tensor) -> Tensor:
-        v = v.double()
-        return v[rows] if v.ndim and v.shape[0] == pred.x_t.shape[0] else v
-
-    interp = None if pred.var_interp is None else cut(pred.var_interp)
-    return Prediction(cut(pred.x_t), cut(pred.alpha), cut(pred.sigma), cut(pred.x0), cut(pred.eps), var_interp=interp)
 
 
 def discrete_vlb(
@@ -269,7 +219,7 @@ def discrete_vlb(
     times: Tensor | None = None,
     variance: str | ReverseVariance = "small",
     decoder: str = "discretized",
-    decoder_variance: str | float | None = None,
+    decoder_variance: str | float = "clipped",
     n_bits: float = 8,
     seed: int = 0,
     chunk: int = 16,
@@ -278,15 +228,15 @@ def discrete_vlb(
 
     ``steps``/``times`` set the grid, any K-step sub-trajectory t_1 < ... < t_K (default: every
     knot of a ``DiscreteSchedule``; a divisor of its N respaces it as in Nichol & Dhariwal 2021,
-    sec. 4). ``variance``: any ``ReverseVariance`` (or a name of ``make_variance``) -- 'small',
-    'large', Analytic-DPM, SN/NPR heads, per sample and per element -- so the bound is that of
-    the sampler using it. A rule made for DDIM's eta (``variance.eta``) is compared with
-    q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3), which has the
-    same marginals; eta = 0 has no finite bound. ``decoder`` 'discretized' (data on the n-bit
+    sec. 4). ``variance`` is the sampler's reverse variance, so the bound is that sampler's:
+    'small' (beta tilde), 'large' (beta), 'learned' (the model's variance head, Nichol & Dhariwal
+    2021, eq. 15) or any ``ReverseVariance`` (Analytic-DPM, SN/NPR heads; per sample and per
+    element). A rule made for DDIM's eta (``variance.eta``) is compared with
+    q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3; the same
+    marginals; eta = 0 has no finite bound). ``decoder`` 'discretized' (data on the n-bit
     lattice in [-1, 1]) or 'gaussian' (continuous data); ``decoder_variance`` as in the module
-    doc, or None: the rule's own ``decoder_var`` if it has one, else 'clipped'. One
-    forward-noise draw per (sample, step), from per-sample streams of ``seed``; ``chunk`` steps
-    share one batched model call.
+    doc (a variance with ``decoder_var`` uses its own). One forward-noise draw per (sample,
+    step), from per-sample streams of ``seed``; ``chunk`` steps share one batched model call.
     """
     rule = make_variance(variance)
     eta = getattr(rule, "eta", 1.0)
@@ -295,47 +245,47 @@ def discrete_vlb(
     schedule = denoiser.schedule
     t = _grid(schedule, steps, times)
     n = t.numel()
-    a, s = _alpha_sigma(schedule, t)
+    tr = transitions(schedule, t)
     b = x0.shape[0]
     x0 = x0.double() if not x0.is_floating_point() else x0
     src = NoiseSource.from_seed(seed, b, x0.device)
-    if decoder_variance is None and not hasattr(rule, "decoder_var"):
-        decoder_variance = "clipped"
-    clipped = math.nan if n < 2 else float((s[1] ** 2 - (a[1] / a[0]) ** 2 * s[0] ** 2) * s[0] ** 2 / s[1] ** 2)  # beta tilde at t_2
+    x_t, hat, interp, calls = _predict_x0(denoiser, x0, t, 0, src, cond, chunk)
+    x0d, hatd = x0.double()[None], hat.double()
+    dims = [1] * (x0.ndim - 1)
+
+    def col(v: Tensor) -> Tensor:
+        return v.to(x0.device).reshape(-1, 1, *dims)
+
+    def rows(lo: int, hi: int) -> tuple[Prediction, Step]:
+        """The model's predictions and the Steps of transitions lo..hi-1, shaped (S, B, ...)."""
+        st = tr.step
+        step = Step(0, col(st.t0[lo:hi]), col(st.t1[lo:hi]), *(col(v[lo:hi]) for v in (st.alpha0, st.sigma0, st.alpha1, st.sigma1)), None)
+        pred = Prediction(x_t[lo:hi].double(), step.alpha0, step.sigma0, hatd[lo:hi],
+                          var_interp=None if interp is None else interp[lo:hi].double())
+        return pred, step
+
+    pred, step = rows(1, n)
+    var_p = torch.as_tensor(rule(pred, step), dtype=torch.float64, device=x0.device)
+    if eta == 1:  # DDPM: q is the posterior (Ho et al. 2020, eq. 7)
+        kl = posterior_kl(x0d, hatd[1:], col(tr.c_x0[1:]), col(tr.small[1:]), var_p)
+    else:  # q_lambda: mean alpha_s x0 + sqrt(sigma_s^2 - lambda^2) (x_t - alpha_t x0) / sigma_t (Bao et al. 2022a, eq. 3)
+        var_q = eta_var(step, eta)
+        kl = posterior_kl(x0d, hatd[1:], step.alpha1 - (step.sigma1**2 - var_q) ** 0.5 * step.alpha0 / step.sigma0, var_q, var_p)
+    kl = kl.flatten(2).sum(2).transpose(0, 1)  # (B, n-1)
     if isinstance(decoder_variance, str):
         if decoder_variance == "clipped":
             if n < 2:
                 raise ValueError("the 'clipped' decoder variance needs at least two steps")
-            dvar: float | None = clipped
+            dvar = float(tr.small[0])
         elif decoder_variance == "likelihood":
-            dvar = float(s[0] ** 2 / a[0] ** 2)
+            dvar = float(tr.large[0] / tr.step.alpha0[0] ** 2)
         else:
-            raise ValueError(f"decoder_variance must be 'clipped', 'likelihood', a number or None, got {decoder_variance!r}")
+            raise ValueError(f"decoder_variance must be 'clipped', 'likelihood' or a number, got {decoder_variance!r}")
     else:
-        dvar = None if decoder_variance is None else float(decoder_variance)
-    kls, calls, l0 = [], 0, None
-    for lo in range(0, n, chunk):
-        hi = min(lo + chunk, n)
-        x_t, tt, _ = _noisy(schedule, x0, t[lo:hi], lo, src)
-        with torch.no_grad():
-            pred = denoiser(x_t, tt, _repeat_cond(cond, hi - lo))
-        calls += 1
-        x0r = x0.repeat(hi - lo, *([1] * (x0.ndim - 1))).double()
-        if lo == 0:  # the decoder -log p(x0 | x_1), from the first node's prediction
-            p1 = _rows(pred, slice(0, b))
-            var1 = rule.decoder_var(p1, _step_numbers(a, s, t, 0, 1, b, x0.device).like(p1.x_t), clipped) if dvar is None else dvar
-            l0 = decoder_nll(x0, p1.x0, var1, decoder, n_bits)
-        if hi <= max(lo, 1):
-            continue
-        keep = slice((max(lo, 1) - lo) * b, None)  # nodes with a lower neighbour: the KL steps
-        p = _rows(pred, keep)
-        step = _step_numbers(a, s, t, max(lo, 1), hi, b, x0.device).like(p.x_t)
-        var_q = eta_var(step, eta)
-        var_p = torch.as_tensor(rule(p, step), dtype=torch.float64, device=x0.device)
-        gap = (step.alpha1 - (step.sigma1**2 - var_q) ** 0.5 * step.alpha0 / step.sigma0) * (x0r[keep] - p.x0)
-        kl = 0.5 * (torch.log(var_p / var_q) + var_q / var_p - 1.0 + gap**2 / var_p)
-        kls.append(kl.expand_as(gap).flatten(1).sum(1).reshape(-1, b))
-    kl = torch.cat(kls).transpose(0, 1) if kls else x0.new_zeros(b, 0, dtype=torch.float64)
+        dvar = float(decoder_variance)
+    decoder_var = getattr(rule, "decoder_var", None)
+    dvar_t = dvar if decoder_var is None else decoder_var(*rows(0, 1), dvar)[0]
+    l0 = decoder_nll(x0, hat[0], dvar_t, decoder, n_bits)
     terms = torch.cat([l0[:, None], kl], 1)
     prior = prior_kl(schedule, x0, float(t[-1]))
     total = prior + terms.sum(1)
@@ -379,7 +329,7 @@ def continuous_vlb(
     b = x0.shape[0]
     x0 = x0.double() if not x0.is_floating_point() else x0
     src = NoiseSource.from_seed(seed, b, x0.device)
-    hat, calls = _predict_x0(denoiser, x0, t, 1, src, cond, chunk)
+    _, hat, _, calls = _predict_x0(denoiser, x0, t, 1, src, cond, chunk)
     err = (x0.double()[None] - hat.double()).pow(2).flatten(2).sum(2)  # (nodes, B)
     diffusion = (wts * torch.exp(2 * lam))[:, None].to(err) * err
     # decoder at t_eps: z = alpha x0 + sigma eps, p(x | z) = N(z / alpha, sigma^2 / alpha^2)

@@ -96,16 +96,16 @@ def dsm_loss(
     return weighted_error(f, target, coeffs, t, schedule, weighting)
 
 
-def check_label_dropout(p: float, null_label: int | None) -> None:
-    """A dropout probability in [0, 1) (the null label is checked when class labels are dropped)."""
+def check_label_dropout(p: float) -> None:
+    """A condition-dropout probability in [0, 1)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {p}")
 
 
 def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None = None,
                 rows: slice = slice(None), total: int | None = None) -> Cond:
-    """Integer labels replaced by ``null_label``, and floating condition vectors (B, ...) by all-NaN rows
-    (the networks' null token), with probability p (Ho & Salimans 2022, Algorithm 1).
+    """The condition dropped with probability p per row (Ho & Salimans 2022, Algorithm 1): integer
+    labels become ``null_label``, floating condition vectors all-NaN rows (the networks' null token).
 
     ``rows`` of a global batch of ``total`` rows (data-parallel ranks draw the whole batch's coins).
     """
@@ -116,7 +116,7 @@ def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.G
             return torch.where(append_dims(drop, cond.ndim), torch.full_like(cond, math.nan), cond)
         if null_label is None:
             raise ValueError("label_dropout > 0 on class labels needs null_label (the network's 'no class' label)")
-        cond = torch.where(drop, torch.full_like(cond, null_label), cond)
+        return torch.where(drop, torch.full_like(cond, null_label), cond)
     return cond
 
 
@@ -146,7 +146,7 @@ class DSMLoss:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
         object.__setattr__(self, "time", make_time_sampler(self.time))
-        check_label_dropout(self.label_dropout, self.null_label)
+        check_label_dropout(self.label_dropout)
 
     def __call__(
         self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,

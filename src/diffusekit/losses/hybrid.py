@@ -105,7 +105,7 @@ class HybridLoss:
             if self.time == "importance":
                 object.__setattr__(self, "time", ImportanceTimeSampler())
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
-        check_label_dropout(self.label_dropout, self.null_label)
+        check_label_dropout(self.label_dropout)
 
     @property
     def importance(self) -> ImportanceTimeSampler | None:
@@ -136,14 +136,23 @@ class HybridLoss:
         return vlb if self.kind == "vlb" else simple + self.vlb_weight * vlb
 
     def __call__(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None
+        self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,
+        offset: int = 0, global_batch: int | None = None,
     ) -> LossOutput:
+        """The loss of a batch; ``offset``/``global_batch``: these rows of a larger batch whose draws are
+        made whole, as ``DSMLoss`` (data-parallel ranks, gradient accumulation)."""
         schedule = denoiser.schedule
         table = step_transitions(schedule)
+        b = x0.shape[0]
+        n_rows = b if global_batch is None else global_batch
+        if not 0 <= offset <= n_rows - b:
+            raise ValueError(f"rows {offset} to {offset + b} do not lie in a global batch of {n_rows} rows; "
+                             f"allowed: 0 <= offset <= {n_rows - b}")
+        rows = slice(offset, offset + b)
         sampler = self.importance or make_time_sampler("discrete")
-        t = sampler(x0.shape[0], schedule, generator, x0.device, torch.float64)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
+        t = sampler(n_rows, schedule, generator, x0.device, torch.float64)[rows]
+        noise = torch.randn((n_rows, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n_rows)
         per_sample = self.per_time(denoiser, x0, t, noise, cond, table)
         if self.importance is not None:
             self.importance.observe(t, per_sample)

@@ -44,7 +44,7 @@ class ImportanceTimeSampler:
         self.history, self.uniform_mix = history, uniform_mix
         self.losses: Tensor | None = None  # (N, history) float64, a ring buffer per step
         self.count: Tensor | None = None  # (N,) int64, losses seen per step
-        self._pending: tuple[Tensor, Tensor] | None = None
+        self._pending: list[tuple[Tensor, Tensor]] = []
 
     def _tables(self, schedule: NoiseSchedule) -> int:
         n = _num_steps(schedule)
@@ -89,8 +89,9 @@ class ImportanceTimeSampler:
         return self.probabilities(schedule)[self._index(t)].to(device=t.device, dtype=t.dtype)
 
     def observe(self, t: Tensor, losses: Tensor) -> None:
-        """Keep a batch's per-sample losses at times t until ``after_step`` adds them to the history."""
-        self._pending = (t.detach(), losses.detach())
+        """Keep a batch's per-sample losses at times t until ``after_step`` adds them to the history
+        (every micro-batch of a step, with gradient accumulation)."""
+        self._pending.append((t.detach(), losses.detach()))
 
     def record(self, t: Tensor, losses: Tensor) -> None:
         """Push per-sample losses at times t into their steps' ring buffers (the newest ``history`` per step win)."""
@@ -108,13 +109,13 @@ class ImportanceTimeSampler:
 
     def after_step(self) -> None:
         """Add the observed batch to the history (called once per optimiser step)."""
-        if self._pending is not None:
-            self.record(*self._pending)
-            self._pending = None
+        if self._pending:
+            self.record(torch.cat([t for t, _ in self._pending]), torch.cat([v for _, v in self._pending]))
+            self._pending = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"losses": self.losses, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.losses, self.count = state["losses"], state["count"]
-        self._pending = None
+        self._pending = []

@@ -70,11 +70,16 @@ def init_world() -> World:
     more than one process and none is open yet; returns the world."""
     world = world_from_env()
     if world.distributed and not dist.is_initialized():
+        backend = "gloo"
         if world.device.type == "cuda":
             torch.cuda.set_device(world.device)
-            dist.init_process_group("nccl", device_id=world.device)
-        else:
-            dist.init_process_group("gloo")
+            backend = "cpu:gloo,cuda:nccl"  # CUDA tensors through NCCL, CPU ones (features) through gloo
+        # torch's env:// rendezvous, its keys under this restart's prefix: after an elastic restart the agent's
+        # store still holds the dead attempt's addresses (seen with torch 2.14 + c10d; cf. pytorch/pytorch#167288)
+        store, rank, size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"diffusekit/attempt-{attempt}", store),
+                                rank=rank, world_size=size)
     return world
 
 
@@ -113,7 +118,7 @@ def gather_rows(x: Tensor, world: World) -> Tensor:
     """Every rank's ``x`` (rows of :func:`shard` of one batch, any sizes) concatenated in rank order, on every rank."""
     if not world.distributed:
         return x
-    counts = torch.zeros(world.size, dtype=torch.int64, device=x.device)
+    counts = torch.zeros(world.size, dtype=torch.int64, device=x.device)  # shards may differ by one row
     counts[world.rank] = x.shape[0]
     dist.all_reduce(counts)
     most = int(counts.max())
@@ -125,10 +130,10 @@ def gather_rows(x: Tensor, world: World) -> Tensor:
 
 
 def gather_array(a: np.ndarray, world: World) -> np.ndarray:
-    """:func:`gather_rows` for a NumPy array (features), through CPU tensors (gloo) or the GPU (NCCL)."""
+    """:func:`gather_rows` for a NumPy array (features), through CPU tensors (gloo)."""
     if not world.distributed:
         return a
-    return gather_rows(torch.from_numpy(np.ascontiguousarray(a)).to(world.device), world).cpu().numpy()
+    return gather_rows(torch.from_numpy(np.ascontiguousarray(a)), world).numpy()
 
 
 def all_mean(x: Tensor, world: World) -> Tensor:
@@ -144,7 +149,7 @@ def any_rank(flag: bool, world: World) -> bool:
     """True on every rank if ``flag`` is true on any rank (e.g. a stop request)."""
     if not world.distributed:
         return flag
-    t = torch.tensor([int(flag)], device=world.device)
+    t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
