@@ -10,7 +10,8 @@ import torch
 import diffusekit as dk
 from diffusekit.oracle import GaussianMixture
 from diffusekit.tasks import (
-    DDNM, DPS, AvgPool, GaussianBlur, Mask, Replacement, TwistedSMC, compare_to_posterior, ode_edit, repaint_grid,
+    DDNM, DPS, TDS, AvgPool, GaussianBlur, Mask, PiGDM, PosteriorReport, Replacement, TwistedSMC,
+    compare_to_posterior, ode_edit, repaint_grid,
     repaint_times, sdedit,
 )
 
@@ -256,3 +257,48 @@ def test_rotated_priors_have_full_covariances_and_their_posterior_follows() -> N
     logw = -0.5 * ((draws @ a.T - y) ** 2).sum(1) / 0.3**2
     w = torch.softmax(logw, 0)
     torch.testing.assert_close(post.mean(), (w[:, None] * draws).sum(0), rtol=0, atol=0.02)
+
+
+# ---- PiGDM and TDS ------------------------------------------------------------------------------
+def gaussian_image_prior(var: float = 0.36) -> GaussianMixture:
+    """One Gaussian component: PiGDM's p(y | x_t) is then exact."""
+    g = torch.Generator().manual_seed(1)
+    return GaussianMixture(torch.randn(1, 16, generator=g, dtype=torch.float64), var**0.5, dk.VPSchedule(),
+                           shape=(1, 4, 4))
+
+
+@pytest.mark.parametrize("op,s", [(Mask.random((1, 4, 4), 0.5, seed=2), 0.0), (AvgPool(2), 0.1),
+                                  (GaussianBlur(0.7, (4, 4)), 0.1)], ids=["mask_noiseless", "avgpool", "blur"])
+def test_pigdm_samples_the_exact_posterior_of_a_gaussian_prior(op, s: float) -> None:
+    gm = gaussian_image_prior()
+    y = op(gm.sample(1, seed=3))[0]
+    post = gm.measurement_posterior(op.matrix((1, 4, 4)), y.flatten(), s)
+    grid = dk.make_grid("uniform_t", gm.schedule, 100)
+    # DDPM's own bias at 100 steps, on the prior: it shrinks the spread and raises log p
+    own = run_image(gm, grid, [], 2000)
+    own_spread = float(own.var(0).sum().sqrt() / gm.covariances()[0].trace().sqrt())
+    own_gap = float(gm.log_prob(own).mean() - gm.log_prob(gm.sample(100_000, seed=9)).mean())
+    x = run_image(PiGDM(gm, op, y, noise_std=s, data_var=0.36), grid, [], 2000)
+    r = compare_to_posterior(post, x)
+    assert r.mean_error < 0.04 and abs(r.spread - own_spread) < 0.02, (r, own_spread)
+    assert -4 * r.log_density_se < r.log_density_gap < 2 * own_gap, (r, own_gap)
+    if s == 0:
+        torch.testing.assert_close(op(x), y.expand_as(op(x)), rtol=0, atol=1e-6)
+
+
+def test_tds_converges_to_the_exact_posterior_as_particles_grow() -> None:
+    gm, op, s = prior(), corner_mask(), 0.2
+    y = torch.tensor([1.0], dtype=torch.float64)
+    post = gm.measurement_posterior(op.matrix(SHAPE), y, s)
+    grid = dk.make_grid("uniform_lambda", gm.schedule, 50)  # see TDS: no step that shrinks sigma many-fold
+
+    def report(n: int, seed: int) -> PosteriorReport:
+        tds = TDS(op, y, s, data_var=0.64)
+        return compare_to_posterior(post, run(tds.guided(gm), "ddpm", grid, [tds], n, seed=seed).x)
+
+    small = [report(16, seed) for seed in range(4)]
+    large = report(2048, 0)
+    err = lambda r: r.mode_weight_error + r.mean_error  # noqa: E731
+    assert err(large) < 0.2 * sum(map(err, small)) / 4 and err(large) < 0.15, (small, large)
+    # the kernel ratio p / q keeps the law: without it the twisted proposal over-concentrates (gap ~0.5)
+    assert abs(large.log_density_gap) < 0.3, large

@@ -108,7 +108,7 @@ def load_series(data: str) -> tuple[Tensor, list[str]]:
 
 
 def train_imputer(run_dir: str | os.PathLike[str], data: str = "macrodata", *, window: int = 24, train_rows: int | None = None,
-                  steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, width: int = 64, depth: int = 6,
+                  steps: int = 800, batch_size: int = 64, lr: float = 1e-3, width: int = 64, depth: int = 6,
                   seed: int = 0, progress: bool = True) -> Trainer:
     """Train an imputation model on the first ``train_rows`` rows (all by default) of ``data``, on every
     window of ``window`` steps, under random and forecast masks (``tasks.imputation.ImputationLoss``)."""

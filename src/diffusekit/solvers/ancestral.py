@@ -22,6 +22,13 @@ from ..variances import EtaVariance, ReverseVariance, check_eta, eta_var, make_v
 from .base import register
 
 
+def posterior_mean(step: Step, x: Tensor, x0: Tensor) -> Tensor:
+    """E q(x_t1 | x_t0 = x, x0) (the module docstring's mean); ``step`` already ``like(x)``."""
+    var01 = transition_var(step)
+    ratio = step.sigma1**2 / step.sigma0**2
+    return (step.alpha0 / step.alpha1 * ratio) * x + (step.alpha1 * var01 / step.sigma0**2) * x0
+
+
 @register
 @dataclass(frozen=True)
 class DDPM(Solver):
@@ -47,11 +54,8 @@ class DDPM(Solver):
         if step.to_zero:
             return pred.x0, state
         step = step.like(x)
-        var01 = transition_var(step)
-        ratio = step.sigma1**2 / step.sigma0**2
-        mean = (step.alpha0 / step.alpha1 * ratio) * x + (step.alpha1 * var01 / step.sigma0**2) * pred.x0
         var = self.variance(pred, step)  # type: ignore[operator]
-        return mean + var**0.5 * ctx.noise(), state
+        return posterior_mean(step, x, pred.x0) + var**0.5 * ctx.noise(), state
 
 
 @register

@@ -31,6 +31,11 @@ class LinearOperator:
         """A^+ y (so that A A^+ A = A and A^+ A is the orthogonal projection onto A's row space)."""
         raise NotImplementedError
 
+    def gram_pinv(self, v: Tensor, r2: Tensor | float, s2: float) -> Tensor:
+        """A^T (r2 A A^T + s2 I)^-1 v for r2 > 0, s2 >= 0; A^+ v / r2 when s2 = 0 (PiGDM, Song et al.
+        2023, eq. 8 and its noiseless form). ``r2``: a number or one per sample (B,)."""
+        raise NotImplementedError
+
     def project(self, x: Tensor, y: Tensor) -> Tensor:
         """x + A^+ (y - A x): x with its row-space part replaced by y's (DDNM's range-null split)."""
         return x + self.pinv(y - self(x))
@@ -40,6 +45,12 @@ class LinearOperator:
         d = math.prod(shape)
         basis = torch.eye(d, dtype=dtype).reshape(d, *shape)
         return self(basis).reshape(d, -1).T
+
+
+def _per_sample(c: Tensor | float, like: Tensor) -> Tensor:
+    """A number or (B,) values shaped to broadcast over ``like`` (B, ...)."""
+    c = torch.as_tensor(c, device=like.device)
+    return c.reshape(-1, *[1] * (like.ndim - 1)) if c.ndim else c
 
 
 class Mask(LinearOperator):
@@ -65,6 +76,9 @@ class Mask(LinearOperator):
 
     def pinv(self, y: Tensor) -> Tensor:
         return self.T(y)
+
+    def gram_pinv(self, v: Tensor, r2: Tensor | float, s2: float) -> Tensor:
+        return self.T(v / _per_sample(r2 + s2, v))
 
     @classmethod
     def random(cls, shape: Sequence[int], keep_fraction: float, seed: int = 0) -> "Mask":
@@ -103,6 +117,9 @@ class AvgPool(LinearOperator):
     def pinv(self, y: Tensor) -> Tensor:
         return y.repeat_interleave(self.factor, -2).repeat_interleave(self.factor, -1)
 
+    def gram_pinv(self, v: Tensor, r2: Tensor | float, s2: float) -> Tensor:
+        return self.pinv(v / _per_sample(r2 + self.factor**2 * s2, v))  # A A^T = I / factor^2
+
 
 class GaussianBlur(LinearOperator):
     """Deblurring: y = k * x, a circular convolution of images (B, C, H, W) with a Gaussian of
@@ -140,3 +157,8 @@ class GaussianBlur(LinearOperator):
 
     def pinv(self, y: Tensor) -> Tensor:
         return self._filter(y, self.inverse)
+
+    def gram_pinv(self, v: Tensor, r2: Tensor | float, s2: float) -> Tensor:
+        r2 = _per_sample(r2, v).to(torch.float64)  # broadcasts against the (H, W // 2 + 1) response
+        k = self.transfer.to(r2.device)
+        return self._filter(v, self.inverse.to(r2.device) / r2 if s2 == 0 else k / (r2 * k**2 + s2))

@@ -30,9 +30,12 @@ import math
 import torch
 from torch import Tensor
 
+from ..denoiser import Cond, DenoiserLike, DenoiserWrapper
 from ..parameterization import Prediction
+from ..solvers.ancestral import posterior_mean
 from ..stepping import Step, StepContext
 from ..utils import check_positive_float
+from ..variances import posterior_var
 from .operators import LinearOperator
 
 
@@ -76,11 +79,15 @@ class TwistedSMC:
         self._log_w = self._log_w + log_twist - self._log_twist
         self._log_twist = log_twist
 
+    def _log_twist_of(self, pred: Prediction) -> Tensor:
+        """log p~_t(y | x_t) per particle, from the prediction at x_t."""
+        alpha, sigma = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (pred.alpha, pred.sigma))
+        r2 = self.data_var * sigma**2 / (self.data_var * alpha**2 + sigma**2)
+        return self._log_normal(pred.x0, self.noise_var + r2)
+
     def on_prediction(self, pred: Prediction, t: float | Tensor) -> Prediction:
         if self._fresh:  # the step's first call, at its starting x
-            alpha, sigma = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (pred.alpha, pred.sigma))
-            r2 = self.data_var * sigma**2 / (self.data_var * alpha**2 + sigma**2)
-            self._reweight(self._log_normal(pred.x0, self.noise_var + r2))
+            self._reweight(self._log_twist_of(pred))
             self._fresh = False
         return pred
 
@@ -105,3 +112,76 @@ class TwistedSMC:
         if final:
             self._log_w = self._log_twist = None
         return x[idx]
+
+
+class TDS(TwistedSMC):
+    """The twisted diffusion sampler with its gradient proposal (Wu et al. 2023, Algorithm 1).
+
+    The DDPM kernel is proposed from the twisted score, s + grad log p~_t(y | x_t), i.e. from the data
+    prediction x0_hat + (sigma^2 / alpha) grad log p~_t (Tweedie), and the weights carry the ratio
+    p(x_t1 | x_t0) / q(x_t1 | x_t0, y) of the untwisted to the twisted Gaussian kernel (eq. 7), so the
+    target is the bootstrap sampler's (``TwistedSMC``) with far more even weights. The last step
+    returns the untwisted x0_hat, the model's own clean end, which the exact likelihood then weights.
+    Run it as::
+
+        tds = TDS(operator, y, noise_std)
+        sample(tds.guided(denoiser), "ddpm", ..., constraints=[tds])   # DDPM, small variance
+
+    (the kernel ratio is that of ``ddpm`` with ``variance="small"``; other solvers are not valid proposals).
+    Use a grid uniform in log-SNR (``uniform_lambda``): where one step shrinks sigma many-fold (the last
+    step of a uniform-t grid), the kernel's spread is far below the twisted mean shift and the ratio
+    collapses the effective sample size (on the test oracle: to 1% of the particles in that step).
+    """
+
+    def __init__(self, operator: LinearOperator, y: Tensor, noise_std: float, *, ess_threshold: float = 0.5,
+                 data_var: float = 1.0) -> None:
+        super().__init__(operator, y, noise_std, ess_threshold=ess_threshold, data_var=data_var)
+        self._move: tuple[Tensor, Tensor, Tensor] | None = None  # x_t0, x0_hat, twisted x0_hat of this step
+
+    def guided(self, inner: DenoiserLike) -> DenoiserLike:
+        """The denoiser whose first call in each step returns the twisted data prediction."""
+        return _Twisted(inner, self)
+
+    def _twisted(self, inner: DenoiserLike, x: Tensor, t: float | Tensor, cond: Cond) -> Prediction:
+        if not self._fresh:
+            return inner(x, t, cond)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            pred = inner(xg, t, cond)
+            log_twist = self._log_twist_of(pred)
+            (grad,) = torch.autograd.grad(log_twist.sum(), xg)
+        alpha, sigma = pred.alpha.detach(), pred.sigma.detach()
+        x0 = pred.x0.detach()
+        twisted = x0 + sigma**2 / alpha * grad.to(x.dtype)
+        self._move = (x.detach(), x0, twisted)
+        self._reweight(log_twist.detach())
+        self._fresh = False
+        return Prediction(x, alpha, sigma, twisted)
+
+    def on_prediction(self, pred: Prediction, t: float | Tensor) -> Prediction:
+        return pred  # weighted in ``_twisted``
+
+    def after_step(self, x: Tensor, step: Step, ctx: StepContext) -> Tensor:
+        if self._move is not None and self._log_w is not None:
+            x_t0, x0, twisted = self._move
+            if step.to_zero:
+                x = x0  # the untwisted clean end
+            else:
+                st = step.like(x)
+                var = torch.as_tensor(posterior_var(st), dtype=torch.float64, device=x.device)
+                d_q = (x - posterior_mean(st, x_t0, twisted)).flatten(1).double()
+                d_p = (x - posterior_mean(st, x_t0, x0)).flatten(1).double()
+                self._log_w = self._log_w + (d_q.pow(2).sum(1) - d_p.pow(2).sum(1)) / (2 * var.flatten())
+        self._move = None
+        return super().after_step(x, step, ctx)
+
+
+class _Twisted(DenoiserWrapper):
+    """``TDS.guided``: the denoiser wrapper that routes each call through its ``TDS``."""
+
+    def __init__(self, inner: DenoiserLike, tds: TDS) -> None:
+        super().__init__(inner)
+        self.tds = tds
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction:
+        return self.tds._twisted(self.inner, x, t, cond)
