@@ -218,9 +218,10 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
 
 
 def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
-            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
-            variance: str | None, trajectory: str | None, out: str | None, world: Any) -> None:
+            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None,
+            interval: str | None, rescale: float | None, classifier: str | None, energy: str | None,
+            guide_scale: float | None, variance: str | None, trajectory: str | None, out: str | None,
+            world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
@@ -248,9 +249,9 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
             if which is not None:
                 raise ValueError("give --class (class labels) or --cond (a condition vector), not both")
             cond = vector_condition(run, vector, count)
-        denoiser, note = guided_from_options(run, run_dir, which=which if vector is None else vector, cfg=scale, interval=_interval(interval),
-                                             rescale=rescale, classifier=classifier, energy=energy,
-                                             scale=guide_scale)
+        denoiser, note = guided_from_options(run, run_dir, which=which if vector is None else vector, cfg=scale,
+                                             interval=_interval(interval), rescale=rescale, classifier=classifier,
+                                             energy=energy, scale=guide_scale)
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .denoiser import DenoiserLike
+from .denoiser import DenoiserLike, device_of
 
 #: What ``--energy`` accepts.
 ENERGIES = ("low-density",)
@@ -90,7 +90,7 @@ def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float
     if interval is not None or rescale:
         raise ValueError("--cfg-interval and --cfg-rescale go with plain --cfg, not with --classifier or --energy")
     path = Path(classifier) if classifier else Path(run_dir) / CLASSIFIER_DIR
-    model = load_classifier(path, run.denoiser.schedule)
+    model = load_classifier(path, run.denoiser.schedule).to(device_of(run.denoiser))
     if model.num_classes != (run.info.num_classes or model.num_classes) or model.net.data_shape != run.info.data_shape:
         raise ValueError(f"the classifier in {path} was trained on {model.num_classes} classes of shape "
                          f"{model.net.data_shape}, this run has {run.info.num_classes} of {run.info.data_shape}")

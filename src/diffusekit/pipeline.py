@@ -427,7 +427,8 @@ def low_density_denoiser(run: LoadedRun, classifier: Any, scale: float, *, cfg: 
         raise ValueError(f"low-density guidance needs class labels, but {run.config.data.name} has none")
     keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_items]
     t_clean = run.denoiser.schedule.t_min
-    energy = LowDensityEnergy.from_data(lambda v: classifier.features(v, t_clean), x[keep], y[keep])
+    device = next(classifier.parameters()).device
+    energy = LowDensityEnergy.from_data(lambda v: classifier.features(v, t_clean), x[keep].to(device), y[keep])
     return EnergyGuidance(guided_denoiser(run, cfg), energy, scale, denoised=True)
 
 

@@ -173,9 +173,13 @@ def load_classifier(path: str | Path, schedule: NoiseSchedule) -> TimeClassifier
 
 
 @torch.no_grad()
-def accuracy_at(model: TimeClassifier, x: Tensor, y: Tensor, t: float, seed: int = 0) -> float:
-    """The fraction of ``x`` noised to time ``t`` (seeded noise) that ``model`` classifies as ``y``."""
+def accuracy_at(model: TimeClassifier, x: Tensor, y: Tensor, t: float, seed: int = 0, batch: int = 1024) -> float:
+    """The fraction of ``x`` noised to time ``t`` (seeded noise) that ``model`` classifies as ``y``
+    (``batch`` items per network call)."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     x_t = model.schedule.add_noise(x, torch.full((x.shape[0],), t, dtype=torch.float64),
                                    torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype))
-    return float((model(x_t, t).argmax(1) == y).double().mean())
+    device = next(model.parameters()).device
+    hits = [(model(part.to(device), t).argmax(1).cpu() == labels.cpu()).sum() for part, labels in
+            zip(x_t.split(batch), y.split(batch))]
+    return float(torch.stack(hits).sum()) / x.shape[0]
