@@ -27,7 +27,9 @@ from .tuned import DEFAULT_NFE, DEFAULT_SOLVER
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz);
-    ``labels``: feed the data's class labels to the network (a class-conditional model)."""
+    ``labels``: feed the data's class labels to the network (a class-conditional model);
+    ``condition``: ``"lowres:K"`` trains an SR3 super-resolution model conditioned on each image's
+    K x K average-pooled copy, upsampled back (Saharia et al. 2022)."""
 
     name: str = "digits"
     labels: bool = False
@@ -36,6 +38,7 @@ class DataConfig:
     image_size: int | None = None
     channels: int | None = None
     num_samples: int = 20_000  # toy data only
+    condition: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": _integer(1, none=True), "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool),
                                                                  "1 or 3 (or left out)"),
     "data.num_samples": _integer(1),
+    "data.condition": ((lambda v: v is None or (isinstance(v, str) and v.startswith("lowres:") and v[7:].isdigit()
+                                                and int(v[7:]) >= 2)), "lowres:K with an integer factor K >= 2 (or left out)"),
     "model.kind": _one_of("unet", "mlp"), "model.preset": _name(),
     "diffusion.schedule": _name(), "diffusion.parameterization": _name(), "diffusion.time_sampling": _name(),
     "diffusion.weighting": _name(), "diffusion.p_uncond": _number(0.0, 1.0, lo_open=False),

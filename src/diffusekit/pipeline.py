@@ -78,7 +78,7 @@ def run_meta(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
     """What a checkpoint records about the run it belongs to, checked again whenever it is loaded."""
     return {
         "model.kind": cfg.model.kind, "model.preset": cfg.model.preset,
-        "data.labels": cfg.data.labels, "diffusion.schedule": cfg.diffusion.schedule,
+        "data.labels": cfg.data.labels, "data.condition": cfg.data.condition, "diffusion.schedule": cfg.diffusion.schedule,
         "diffusion.parameterization": cfg.diffusion.parameterization, "data_shape": list(info.data_shape),
         "num_classes": info.num_classes,
     }
@@ -137,13 +137,27 @@ def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
     return load_dataset(d.name, **kwargs)
 
 
+def lowres_factor(cfg: RunConfig) -> int | None:
+    """K of ``data.condition = "lowres:K"`` (an SR3 super-resolution run), else None."""
+    return int(cfg.data.condition.split(":")[1]) if cfg.data.condition else None
+
+
+def lowres_condition(x: Tensor, factor: int) -> Tensor:
+    """SR3's conditioning image: x average-pooled by ``factor`` and upsampled back (nearest)."""
+    from .tasks.operators import AvgPool
+
+    pool = AvgPool(factor)
+    return pool.pinv(pool(x))
+
+
 def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
     num_classes = info.num_classes if cfg.data.labels else None
     if cfg.model.kind == "unet":
         if len(info.data_shape) != 3:
             raise ValueError(f"the unet model needs image data (C, H, W), got shape {info.data_shape}; use model.kind=mlp")
         c, h, _ = info.data_shape
-        return unet_preset(cfg.model.preset, c, h, num_classes=num_classes)
+        cond_channels = c if cfg.data.condition else 0
+        return unet_preset(cfg.model.preset, c, h, num_classes=num_classes, cond_channels=cond_channels)
     if cfg.model.kind == "mlp":
         dim = int(torch.tensor(info.data_shape).prod())
         if len(info.data_shape) != 1:
@@ -204,6 +218,13 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
             )
     torch.manual_seed(cfg.seed)
     x, y = load_training_data(cfg)
+    if cfg.data.condition:
+        factor = lowres_factor(cfg)
+        if (cfg.data.labels or cfg.data.flip or cfg.model.kind != "unet" or x.ndim != 4 or x.shape[-1] % factor
+                or x.shape[-2] % factor):
+            raise ValueError(f"data.condition = {cfg.data.condition!r} needs a unet on images whose size is divisible by "
+                             f"{factor}, data.labels = false and data.flip = false; got data of shape {tuple(x.shape[1:])}")
+        y = None
     if cfg.data.labels and y is None:
         raise ValueError(f"data.labels = true needs class labels, but {cfg.data.name} has none; allowed: digits, fashion, "
                          "mnist5k, mnist, a folder of class sub-folders, an .npz with \"y\", a .csv with a \"label\" column")
@@ -212,7 +233,8 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
         raise ValueError(f"{run} was trained on data of shape {old_info.data_shape} with {old_info.num_classes} classes; "
                          f"{cfg.data.name} gives {info.data_shape} with {info.num_classes}; choose another --out")
     denoiser = build_denoiser(cfg, info)
-    loader = ArrayLoader(x, y if cfg.data.labels else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
+    cond = lowres_condition(x, lowres_factor(cfg)) if cfg.data.condition else (y if cfg.data.labels else None)
+    loader = ArrayLoader(x, cond, batch_size=cfg.data.batch_size, seed=cfg.seed,
                          flip=cfg.data.flip)
     dc = cfg.diffusion
     loss = DSMLoss(  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)

@@ -47,12 +47,13 @@ class ArrayLoader:
         flip: bool = False,
     ) -> None:
         self.data = torch.as_tensor(data)
-        self.labels = torch.as_tensor(labels).long() if labels is not None else None
+        labels = torch.as_tensor(labels) if labels is not None else None  # integers, or float conditions (SR3)
+        self.labels = labels if labels is None or labels.is_floating_point() else labels.long()
         n = self.data.shape[0] if self.data.ndim else 0
         if n == 0:
             raise ValueError("ArrayLoader needs at least one sample, got an empty array")
         if self.labels is not None and self.labels.shape[:1] != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must have shape ({n}, ...), got {tuple(self.labels.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if drop_last and batch_size > n:
