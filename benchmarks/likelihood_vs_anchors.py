@@ -12,6 +12,9 @@ Rademacher probe fixed along the path. Its package __init__ imports modules we
 do not need (scikit-image, torchvision), so only ``k_diffusion.sampling`` is
 loaded, with a stand-in torchvision module during that import.
 
+The settings here are the explicit alternatives (augmented ODE, fixed Gauss-Legendre rules); the
+defaults are measured by ``benchmarks/likelihood_defaults.py``.
+
 Run: ``python benchmarks/likelihood_vs_anchors.py`` (writes benchmarks/results/likelihood.json).
 """
 
@@ -114,10 +117,10 @@ def main() -> None:
     for tol in (1e-4, 1e-5):
         t = {"rtol": tol, "atol": tol}
         configs += [
-            (f"augmented, sigma/alpha var, 1 probe, tol={tol:g}", dict(t, variable="edm", divergence="hutchinson", probes=1), args.repeats),
-            (f"augmented, angle, 1 probe, tol={tol:g}", dict(t, divergence="hutchinson", probes=1), args.repeats),
-            (f"augmented, lambda, 1 probe, tol={tol:g}", dict(t, variable="lambda", divergence="hutchinson", probes=1), args.repeats),
-            (f"augmented, angle, 8 probes, tol={tol:g}", dict(t, divergence="hutchinson", probes=8), args.repeats),
+            (f"augmented, sigma/alpha var, 1 probe, tol={tol:g}", dict(t, quadrature=None, variable="edm", divergence="hutchinson", probes=1), args.repeats),
+            (f"augmented, angle, 1 probe, tol={tol:g}", dict(t, quadrature=None, divergence="hutchinson", probes=1), args.repeats),
+            (f"augmented, lambda, 1 probe, tol={tol:g}", dict(t, quadrature=None, variable="lambda", divergence="hutchinson", probes=1), args.repeats),
+            (f"augmented, angle, 8 probes, tol={tol:g}", dict(t, quadrature=None, divergence="hutchinson", probes=8), args.repeats),
             (f"GL16 quadrature, exact trace, tol={tol:g}", dict(t, quadrature=16, divergence="exact"), 1),
             (f"GL16 quadrature, 8 probes/node uniform, tol={tol:g}", dict(t, quadrature=16, divergence="hutchinson", probes=8, allocation="uniform"), args.repeats),
             (f"GL16 quadrature, 8 probes/node Neyman, tol={tol:g}", dict(t, quadrature=16, divergence="hutchinson", probes=8), args.repeats),
@@ -125,7 +128,7 @@ def main() -> None:
             (f"GL16 quadrature, 8 probes/node Neyman, bosh3, tol={tol:g}", dict(t, quadrature=16, divergence="hutchinson", probes=8, method="bosh3"), args.repeats),
         ]
         if not args.skip_exact_joint:
-            configs.append((f"augmented, angle, exact trace, tol={tol:g}", dict(t, divergence="exact"), 1))
+            configs.append((f"augmented, angle, exact trace, tol={tol:g}", dict(t, quadrature=None, divergence="exact"), 1))
     for name, kwargs, repeats in configs:
         res, sec = timed(lambda: ode_log_likelihood(oracle, x, seed=args.seed, **kwargs), repeats)
         report(row(name, res.log_p, exact, args.dim, res.nfe, sec, res.std_error if kwargs.get("divergence") == "hutchinson" else None))

@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tasks", default=None, help="run only the tasks whose name contains this text")
+    ap.add_argument("--methods", default=None, help="comma list: run only these diffusion methods (e.g. none)")
     ap.add_argument("--sr3", default=None, help="an SR3 run (data.condition = \"lowres:2\"): adds its 2x row")
     ap.add_argument("--out", default="restoration_on_digits.json", help="file name under benchmarks/results")
     args = ap.parse_args()
@@ -106,6 +107,7 @@ def main() -> None:
         for b, fn in baselines.items():
             t = time.time()
             rows.append({"task": name, "method": b, "nfe": 0, "seconds": time.time() - t, **score(fn(y))})
+        methods = tuple(m for m in methods if args.methods is None or m in args.methods.split(","))
         for m in methods:
             t = time.time()
             sol = restore(run.denoiser, op, y, (1, 8, 8), method=m, steps=args.steps, noise_std=s)

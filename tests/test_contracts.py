@@ -197,7 +197,9 @@ class ShiftAt:
 
 
 def solver_variants() -> dict[str, dk.Solver]:
-    out = {name: dk.make_solver(name) for name in SOLVERS.names() if name != "dpm_solver"}
+    # consistency sampling keeps x only through f(x) and re-noises it, so a shift's carried size is not the
+    # posterior mean's slope this test measures; tests/test_distill.py checks it steps from the projected x
+    out = {name: dk.make_solver(name) for name in SOLVERS.names() if name not in ("dpm_solver", "consistency")}
     for order in (1, 2, 3):
         out[f"dpm_solver_single_{order}"] = dk.make_solver("dpm_solver", order=order, method="singlestep")
         out[f"dpm_solver_multi_{order}"] = dk.make_solver("dpm_solver", order=order, method="multistep")
@@ -236,7 +238,7 @@ def test_every_solver_continues_from_a_projection_made_after_a_step(name: str, l
         assert err < 0.3 * float((lost - want).abs().max()), err
 
 
-@pytest.mark.parametrize("name", ["ddim", "ddpm", "euler"])
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "euler", "heun"])  # heun: distillation teachers
 def test_a_per_sample_grid_equals_each_sample_on_its_own_grid(name: str) -> None:
     """Per-sample times (each sample its own SDEdit start) in one batch, sample for sample."""
     schedule = dk.DiscreteSchedule("linear")
@@ -249,7 +251,7 @@ def test_a_per_sample_grid_equals_each_sample_on_its_own_grid(name: str) -> None
     for j, g in enumerate(grids):
         alone = dk.sample(den, solver, x[j : j + 1], grid=g, seed=[10 + j], progress=False)
         torch.testing.assert_close(together.x[j : j + 1], alone.x, rtol=1e-12, atol=1e-12)
-    assert together.nfe == 7
+    assert together.nfe == (13 if name == "heun" else 7)  # heun: one call on the step to the clean end
 
 
 def test_solvers_without_per_sample_times_refuse_a_per_sample_grid() -> None:

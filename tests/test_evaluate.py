@@ -30,7 +30,7 @@ from diffusekit.metrics import classifier_weights_path, load_digits_split, save_
 from diffusekit.pipeline import load_run, train_run
 from diffusekit.oracle import GaussianMixture
 
-FAST_ODE = {"method": "rk4", "steps": 2, "probes": 2}
+FAST_ODE = {"method": "rk4", "steps": 2, "probes": 2, "quadrature": None}
 
 
 def run_cli(*args: str) -> tuple[int, str]:

@@ -259,8 +259,14 @@ def test_dsm_loss_draws_are_reproducible_and_label_dropout_uses_the_null_label()
     assert abs(dropped.double().mean().item() - 0.25) < 0.03
     # eps prediction F = 0 has eps-error |eps|^2: loss ~ 1 per dimension
     assert abs(a.loss.item() - 1.0) < 0.05
-    with pytest.raises(ValueError, match="null_label"):
-        DSMLoss(label_dropout=0.1)
+    with pytest.raises(ValueError, match="on class labels needs null_label"):
+        DSMLoss(label_dropout=0.1)(den, x0, labels)
+    # condition vectors: dropped rows become all-NaN (the networks' null token), the rest are kept
+    vectors = torch.randn(4000, 2)
+    DSMLoss("eps", "uniform", label_dropout=0.25)(den, x0, vectors, torch.Generator().manual_seed(5))
+    gone = seen[-1].isnan()
+    assert torch.equal(gone[:, 0], gone[:, 1]) and abs(gone[:, 0].double().mean().item() - 0.25) < 0.03
+    assert torch.equal(seen[-1][~gone[:, 0]], vectors[~gone[:, 0]])
     with pytest.raises(ValueError, match="allowed"):
         DSMLoss(weighting="nope")
     with pytest.raises(ValueError, match="allowed"):

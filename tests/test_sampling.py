@@ -104,9 +104,9 @@ def test_bad_input() -> None:
         dk.sample(mix, dk.DDIM(), steps=2, progress=False)
     with pytest.raises(ValueError, match="unknown solver 'ddim2'; allowed:.*ddim"):
         dk.make_solver("ddim2")
-    with pytest.raises(ValueError, match="eta must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0, got -1"):
         dk.DDIM(eta=-1)
-    with pytest.raises(ValueError, match=r"variance must be one of \['large', 'small'\] or a ReverseVariance, got 'medium'"):
+    with pytest.raises(ValueError, match=r"variance must be one of \['small', 'large', 'learned', 'analytic', 'sn', 'npr'\] or a ReverseVariance, got 'medium'"):
         dk.DDPM("medium")
     with pytest.raises(ValueError, match=r"t=0.0005 is outside \[t_min, t_max\] = \[0.001, 1\]"):
         mix(torch.zeros(1, 2), 0.0005)

@@ -77,7 +77,7 @@ def _small_setup(seed_init: int, bf16: bool = False, run_dir: Path | None = None
     torch.manual_seed(seed_init)
     net = MLP(2, width=32, depth=2, num_classes=3, dropout=0.2, time_scale=1000.0)
     den = dk.Denoiser(net, schedule, "v")
-    cfg = TrainConfig(lr=1e-3, warmup_steps=5, grad_clip=0.5, ema_half_life=4.0, ema_rampup=0.5, bf16=bf16,
+    cfg = TrainConfig(lr=1e-3, warmup_steps=5, grad_clip=0.5, ema_half_life=4.0, ema_rampup=0.5, precision="bf16" if bf16 else "fp32",
                       log_every=3, progress=False, **cfg_kw)
     loss = DSMLoss("min_snr", "lognormal", label_dropout=0.2, null_label=3)
     return Trainer(den, loader, loss, cfg, run_dir=run_dir)
@@ -99,7 +99,6 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path: Path, bf16: bool) -> 
         assert torch.equal(pa, pc), name
     for pa, pc in zip(a.ema.module.parameters(), c.ema.module.parameters()):  # type: ignore[union-attr]
         assert torch.equal(pa, pc)
-    assert torch.equal(a.generator.get_state(), c.generator.get_state())
     assert a.data.state_dict() == c.data.state_dict()  # type: ignore[attr-defined]
     # the metrics log continues where the checkpoint was, with the same numbers
     log_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()

@@ -12,6 +12,8 @@ from .guidance import (
     tilted_gaussian,
 )
 from .interop import discrete_time_denoiser, noise_level_of_c_noise
+from .learned_variance import LearnedVariance
+from .variance_heads import HeadVariance
 from .noise import NoiseSource
 from .parameterization import PARAMETERIZATIONS, Prediction, make_parameterization
 from .sample import Solution, StepInfo, sample
@@ -36,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassifierEnergy", "ClassifierFreeGuidance", "ClassifierGuidance", "DiagonalGaussian", "EnergyGuidance",
     "LowDensityEnergy", "cfg_gaussian_ode_map", "tilted_gaussian",
-    "DDIM", "DDPM", "Constraint", "Denoiser", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
+    "DDIM", "DDPM", "Constraint", "Denoiser", "LearnedVariance", "HeadVariance", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",
     "make_schedule", "make_solver", "sample", "discrete_time_denoiser", "noise_level_of_c_noise", "tasks",

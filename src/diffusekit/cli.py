@@ -97,18 +97,34 @@ NFE = click.IntRange(1, MAX_NFE)
 @click.option("--out", "out", default=None, help="run folder (default runs/<name>)")
 @click.option("--no-resume", is_flag=True, help="refuse to continue a folder that already holds a trained run")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool) -> None:
-    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended)."""
+@click.option("--head", default=None, type=click.Choice(["sn", "npr"]),
+              help="instead: train an SN/NPR-DPM variance head on the frozen model of run folder CONFIG")
+@click.option("--head-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="steps of --head training")
+def train(config: str, overrides: tuple[str, ...], out: str | None, no_resume: bool, quiet: bool, head: str | None,
+          head_steps: int) -> None:
+    """Train from a preset (toy2d, digits, fashion) or a TOML file; a run folder is continued (or extended).
+    Under torchrun, every process trains its shard of each global batch (data.batch_size)."""
     from .config import load_config
     from .pipeline import train_run
+    from .train.distributed import distributed_world
+
+    if head is not None:
+        from .run_variances import train_run_head
+
+        path = _train(lambda: train_run_head(config, head, steps=head_steps, progress=not quiet))
+        click.echo(f"trained a {head} head for {head_steps} steps -> {path}")
+        return
 
     try:
         cfg = load_config(config).with_overrides(list(overrides))
     except _INPUT_ERRORS as e:
         _refuse(e)
     run_dir = Path(out or f"runs/{cfg.name}")
-    trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet))
-    click.echo(f"trained {trainer.step} steps; run folder {run_dir} (loss curve {run_dir / 'loss.png'})")
+    with distributed_world() as world:
+        trainer = _train(lambda: train_run(cfg, run_dir, resume=not no_resume, progress=not quiet, world=world))
+    if world.is_main:
+        click.echo(f"trained {trainer.step} steps on {world.size} process(es); run folder {run_dir} "
+                   f"(loss curve {run_dir / 'loss.png'})")
 
 
 def _output_path(out: str | None, run_dir: Path, data_shape: tuple[int, ...]) -> Path:
@@ -162,64 +178,131 @@ def _interval(text: str | None) -> tuple[float, float] | None:
 @click.argument("run_dir")
 @click.option("--solver", default=None, help="solver name (see `diffusekit solvers`)")
 @click.option("--nfe", type=NFE, default=None, help=f"model evaluations, 1 to {MAX_NFE:,}")
-@click.option("--n", "count", type=click.IntRange(min=1), default=64, show_default=True,
-              help="number of samples (per class with --class all)")
+@click.option("--n", "--count", "count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="number of samples (per class with --class all); write --count under torchrun")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--grid", default=None, help="step grid: a rule name, or 'paper' (each solver's paper grid); default: the solver's")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="solver option, e.g. order=3")
 @click.option("--class", "which", default=None, metavar="K|all",
               help="class-conditional runs: samples of class K, or all: --n of each class, one grid row per class")
+@click.option("--cond", "vector", default=None, metavar="V[,V...]",
+              help="runs trained with data.condition = vector: the condition vector of every sample")
 @click.option("--cfg", "scale", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale w (0 unconditional, 1 conditional, > 1 guided; needs --class)")
 @click.option("--cfg-interval", "interval", default=None, metavar="LO,HI",
               help="guide only where LO < sigma/alpha <= HI (conditional elsewhere)")
 @click.option("--cfg-rescale", "rescale", type=click.FloatRange(0, 1), default=None,
               help="rescale the guided x0 to the conditional one's std by this fraction phi")
+@click.option("--classifier", "classifier", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="classifier guidance with the noise-aware classifier in PATH (default RUN/classifier; see "
+                   "train-classifier) of the unconditional model, or with --cfg of the guided one")
+@click.option("--energy", default=None, metavar="low-density",
+              help="energy guidance: low-density (away from the class-mean features, Sehwag et al. 2022)")
+@click.option("--scale", "guide_scale", type=click.FloatRange(min=0), default=None,
+              help="scale s of --classifier or --energy guidance (default 1)")
+@click.option("--variance", default=None, help="ddpm/ddim reverse variance: analytic, sn, npr, small, large, learned")
+@click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
-           options: tuple[str, ...], which: str | None, scale: float | None, interval: str | None,
-           rescale: float | None, out: str | None) -> None:
-    """Sample from a trained run folder; class-conditional runs by class and with classifier-free guidance."""
+           options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
+           rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
+           variance: str | None, trajectory: str | None, out: str | None) -> None:
+    """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
+    or low-density guidance; DDPM/DDIM with an optimal or learned reverse variance on a chosen trajectory.
+    Under torchrun, each process samples its share of the seeds (the same samples as one process)."""
+    from .train.distributed import distributed_world
+
+    with distributed_world() as world:
+        _sample(run_dir, solver, nfe, count, seed, grid, options, which, vector, scale, interval, rescale,
+                classifier, energy, guide_scale, variance, trajectory, out, world)
+
+
+def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
+            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
+            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
+            variance: str | None, trajectory: str | None, out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
     from .image_grid import save_image_grid
-    from .pipeline import class_count, guided_denoiser, load_run, sample_denoiser
+    from .cli_guidance import guided_from_options, vector_condition
+    from .pipeline import class_count, load_run, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
-        name = solver or run.config.sampling.solver
+        run.denoiser.to(world.device)
+        ancestral = variance is not None or trajectory is not None
+        if ancestral and grid is not None:
+            raise ValueError("--grid and --trajectory exclude each other; allowed: one of them")
+        name = solver or ("ddpm" if ancestral else run.config.sampling.solver)
+        grid = grid if grid is not None or solver is not None or ancestral else run.config.sampling.grid  # the run's own
         grid_rule(make_solver(name, **opts), grid)
-        denoiser = run.denoiser
         cond, rows = None, None
         if which is not None:
-            cond, rows = _classes(which, class_count(run, "--class"), count)
-        if scale is not None:
-            class_count(run, "--cfg")
-            if which is None:
-                raise ValueError("--cfg needs --class (the class to guide towards)")
-            denoiser = guided_denoiser(run, scale, interval=_interval(interval), rescale=rescale or 0.0)
-        elif interval is not None or rescale is not None:
-            raise ValueError(f"{'--cfg-interval' if interval is not None else '--cfg-rescale'} needs --cfg")
+            num_classes = run.info.num_classes if classifier is not None and energy is None else None
+            cond, rows = _classes(which, num_classes or class_count(run, "--class"), count)
+        if vector is not None:
+            if which is not None:
+                raise ValueError("give --class (class labels) or --cond (a condition vector), not both")
+            cond = vector_condition(run, vector, count)
+        denoiser, note = guided_from_options(run, run_dir, which=which if vector is None else vector, cfg=scale, interval=_interval(interval),
+                                             rescale=rescale, classifier=classifier, energy=energy,
+                                             scale=guide_scale)
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
     total = count * len(rows) if rows else count
-    sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
-                          grid=grid, cond=cond, progress=True, **opts)
+    try:
+        if ancestral:
+            from .run_variances import sample_with_variance
+
+            sol = sample_with_variance(run, run_dir, name, variance or "small", trajectory or "even",
+                                       nfe or run.config.sampling.nfe, total, seed=seed, cond=cond, denoiser=denoiser,
+                                       **opts)
+        else:
+            sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
+                                  grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
+                                  world=world, **opts)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    if not world.is_main:
+        return
+    x = sol.x.cpu()
     if path.suffix.lower() == ".png":
-        save_image_grid(sol.x, path, nrow=count if rows else int(count**0.5) or 1, scale=4, row_labels=rows)
+        save_image_grid(x, path, nrow=count if rows else int(count**0.5) or 1, scale=4, row_labels=rows)
     else:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.save(f, sol.x.numpy())
+                np.save(f, x.numpy())
 
         atomic_write(path, write)
-    guided = f", class {which}" + (f", CFG w={scale:g}" if scale is not None else "") if which is not None else ""
-    click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}) -> {path}")
+    guided = (f", class {which}" if which is not None else f", condition {vector}" if vector is not None else "") + (
+        f", {note}" if note else "")
+    shared = f" on {world.size} processes" if world.distributed else ""
+    click.echo(f"{total} samples with {name} ({sol.nfe} NFE{guided}){shared} -> {path}")
+
+
+@main.command("train-classifier")
+@click.argument("run_dir")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="training steps")
+@click.option("--width", type=click.IntRange(min=1), default=64, show_default=True, help="channels / hidden units")
+@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True, help="residual blocks")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="batch size (default: the run's)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--time", default=None, help="training time distribution (default: the run's diffusion.time_sampling)")
+@click.option("--out", default=None, help="classifier folder (default RUN_DIR/classifier)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_classifier(run_dir: str, steps: int, width: int, depth: int, batch: int | None, lr: float,
+                     time: str | None, out: str | None, quiet: bool) -> None:
+    """Train a noise-aware classifier p(y | x_t, t) on a run's labelled data and schedule (for --classifier)."""
+    from .cli_guidance import train_classifier_command
+
+    line = _train(lambda: train_classifier_command(run_dir, steps=steps, width=width, depth=depth, batch=batch,
+                                                   lr=lr, time=time, out=out, quiet=quiet))
+    click.echo(line)
 
 
 @main.command()
@@ -237,7 +320,8 @@ def info(run_dir: str) -> None:
         _refuse(e)
     click.echo(run.config.to_toml())
     click.echo(f"data shape {run.info.data_shape}, classes {run.info.num_classes}, "
-               f"parameters {count_parameters(run.denoiser.net):,}, checkpoint step {run.meta.get('step')}")
+               f"parameters {count_parameters(run.denoiser.net):,}, checkpoint step {run.meta.get('step')}, "
+               f"trained on {run.meta.get('world_size', 1)} process(es)")
     if rows:
         click.echo("last log: " + json.dumps(rows[-1]))
 
@@ -277,38 +361,84 @@ def demo(out: str, steps: int | None, oracle: bool, quiet: bool) -> None:
     _train(lambda: digits_demo(out, steps=steps, progress=not quiet))
 
 
+@main.command()
+@click.argument("run_dir")
+@click.option("--method", required=True, help="progressive, consistency, consistency-training or reflow")
+@click.option("--to", "to", type=click.IntRange(min=1), default=1, show_default=True, help="sampling steps of the result")
+@click.option("--out", default=None, help="run folder of the result (default RUN_DIR-METHOD-K)")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="training steps (per stage / per reflow round)")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="learning rate")
+@click.option("--from", "start", type=click.IntRange(min=2), default=None, help="progressive: the first teacher's DDIM steps")
+@click.option("--solver", default=None, help="consistency: the teacher's ODE solver step (default heun)")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="reflow: rounds (default 1)")
+@click.option("--couplings", type=click.IntRange(min=1), default=None, help="reflow: couplings per round (default 4000)")
+@click.option("--one-step", is_flag=True, help="reflow: distil the last flow to one step")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def distill(run_dir: str, method: str, to: int, out: str | None, quiet: bool, **options: Any) -> None:
+    """Few-step students of a trained run (progressive distillation, consistency models, reflow); each result
+    is an ordinary run folder that samples with its own solver and step count."""
+    from .distill.command import prepare_distill
+
+    try:
+        _, target, action = prepare_distill(run_dir, method, out, to, **options)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    _train(lambda: action(not quiet))
+    click.echo(f"{method}: run folder {target} (samples with {to} step{'s' if to > 1 else ''}; "
+               f"`diffusekit sample {target}`)")
+
+
 @main.command("eval")
 @click.argument("run_dir")
 @click.option("--metrics", default=None,
               help="comma list of fid,kid,pr,cfd,is,sw,nll,vlb (default: those that apply to the data)")
-@click.option("--n", "count", type=click.IntRange(min=1), default=500, show_default=True, help="samples and real items")
+@click.option("--n", "--count", "count", type=click.IntRange(min=1), default=500, show_default=True,
+              help="samples and real items (write --count under torchrun)")
 @click.option("--solver", default=None, help="solver name (default: the run's)")
 @click.option("--nfe", type=NFE, default=None, help=f"model evaluations per sample, 1 to {MAX_NFE:,} (default: the run's)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="items per likelihood batch")
 @click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
               help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
+@click.option("--vlb", "vlb_only", is_flag=True,
+              help="instead: the bound of the ddpm sampler with --variance on --trajectory at K = --nfe steps")
+@click.option("--variance", default="small", show_default=True, help="with --vlb: analytic, sn, npr, small, large, learned")
+@click.option("--trajectory", default="even", show_default=True, help="with --vlb: even, quadratic, dp")
 @click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
-                 batch: int, nll_options: tuple[str, ...], out: str | None, quiet: bool) -> None:
-    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB."""
+                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str, trajectory: str,
+                 out: str | None, quiet: bool) -> None:
+    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB.
+    Under torchrun, sampling and feature extraction are shared among the processes."""
+    if vlb_only:
+        from .run_variances import vlb_command
+
+        try:
+            click.echo(vlb_command(run_dir, variance, trajectory, nfe, count, seed, batch, out, progress=not quiet))
+        except _INPUT_ERRORS as e:
+            _refuse(e)
+        return
     from .evaluate import evaluate_run, format_table
     from .files import atomic_write_text
     from .metrics import InceptionUnavailableError
     from .solvers import make_solver
+    from .train.distributed import distributed_world
 
     path = Path(out or Path(run_dir) / "eval.json")
-    try:
-        if path.suffix.lower() != ".json" or path.is_dir():
-            raise ValueError(f"--out {path}: allowed a file name ending in .json")
-        ode = _key_values(nll_options, "--nll-option")
-        if solver is not None:
-            make_solver(solver)
-        result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
-                              progress=not quiet, nll_options=ode)
-    except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
-        _refuse(e)
+    with distributed_world() as world:
+        try:
+            if path.suffix.lower() != ".json" or path.is_dir():
+                raise ValueError(f"--out {path}: allowed a file name ending in .json")
+            ode = _key_values(nll_options, "--nll-option")
+            if solver is not None:
+                make_solver(solver)
+            result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
+                                  progress=not quiet, nll_options=ode, world=world)
+        except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
+            _refuse(e)
+    if not world.is_main:
+        return
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     data = result["data"]
     click.echo(f"{run_dir} (step {result['checkpoint_step']}); real data: {data['n']} items of {data['dataset']} "
@@ -317,6 +447,90 @@ def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | No
     click.echo(format_table(result))
     click.echo(f"-> {path}")
 
+
+@main.command()
+@click.argument("run_dir")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--solver", default="ddpm", show_default=True, help="solver name (stochastic ones suit replacement)")
+@click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations of the descent")
+@click.option("--resamples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="RePaint resamplings r (1: plain replacement)")
+@click.option("--jump", "jump_length", type=click.IntRange(min=1), default=10, show_default=True, help="RePaint jump length")
+@click.option("--weights", type=click.Choice(["mean", "rec601"]), default="mean", show_default=True,
+              help="luminance weights of the greyscale measurement")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help="output folder (default RUN_DIR/colorize)")
+def colorize(run_dir: str, input_path: str, solver: str, nfe: int, resamples: int, jump_length: int, weights: str,
+             seed: int, out: str | None) -> None:
+    """Colour greyscale images (a file, folder or .npy/.npz) with an RGB run; writes colorized.npz and grid.png."""
+    from .colorize import colorize as run_colorize
+    from .colorize import read_inputs, write_colorized
+    from .pipeline import load_run
+    from .solvers import make_solver
+
+    try:
+        run = load_run(run_dir)
+        shape = run.info.data_shape
+        if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+            raise ValueError(f"colorize needs a run trained on square RGB images (3, H, H), this run has data {shape}")
+        make_solver(solver)
+        images = read_inputs(input_path, shape[1])
+        target = Path(out or Path(run_dir) / "colorize")
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"--out {target} is a file; allowed: a folder")
+        result = run_colorize(run.denoiser, images, solver=solver, nfe=nfe, resamples=resamples,
+                              jump_length=jump_length, weights=weights, seed=seed, progress=True)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    npz, grid = write_colorized(result, target, images if images.shape[1] == 3 else None)
+    click.echo(f"{images.shape[0]} image(s) colorized with {solver} ({result.nfe} NFE) -> {npz}, {grid}")
+
+
+@main.command("train-imputer")
+@click.argument("run_dir")
+@click.option("--data", default="macrodata", show_default=True, help="macrodata, or a CSV of numeric columns (no blanks)")
+@click.option("--window", type=click.IntRange(min=2), default=24, show_default=True, help="window length (rows)")
+@click.option("--train-rows", type=click.IntRange(min=2), default=None, help="train on the first N rows only")
+@click.option("--steps", type=click.IntRange(min=1), default=800, show_default=True,
+              help="training steps (800: calibrated better on macrodata than 3,000, benchmarks/RESULTS.md)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int | None, steps: int, seed: int,
+                          quiet: bool) -> None:
+    """Train a CSDI-style imputation model on a table of series (for `diffusekit impute`)."""
+    from .impute import train_imputer
+
+    trainer = _train(lambda: train_imputer(run_dir, data, window=window, train_rows=train_rows, steps=steps, seed=seed,
+                                           progress=not quiet))
+    click.echo(f"trained {trainer.step} steps; imputation run folder {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.argument("input_path", metavar="INPUT.csv")
+@click.option("--samples", type=click.IntRange(min=2), default=100, show_default=True, help="draws per cell")
+@click.option("--solver", default="ddpm", show_default=True, help="solver name")
+@click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help="output CSV (default INPUT-imputed.csv)")
+def impute(run_dir: str, input_path: str, samples: int, solver: str, nfe: int, seed: int, out: str | None) -> None:
+    """Impute the blank cells of a CSV (blank rows at the end: a forecast); writes medians and quantile columns."""
+    from .impute import impute_table, load_imputer, read_table, table_values, write_imputed
+    from .solvers import make_solver
+
+    try:
+        den, spec = load_imputer(run_dir)
+        make_solver(solver)
+        header, rows = read_table(input_path)
+        table = table_values(header, rows, spec.columns, input_path)
+        target = Path(out) if out is not None else Path(input_path).with_name(Path(input_path).stem + "-imputed.csv")
+        if target.suffix.lower() != ".csv" or target.is_dir():
+            raise ValueError(f"--out {target}: allowed a file name ending in .csv")
+        draws = impute_table(den, spec, table, samples, solver=solver, nfe=nfe, seed=seed)
+    except _INPUT_ERRORS as e:
+        _refuse(e)
+    write_imputed(target, header, rows, spec.columns, draws)
+    click.echo(f"{int(table.isnan().sum())} cells imputed with {samples} draws each ({solver}, {nfe} NFE) -> {target}")
 
 # ---- inverse problems and editing (bodies in diffusekit.tasks.commands) -------------------------
 def _task(action: Any) -> None:

@@ -147,10 +147,25 @@ class Denoiser(nn.Module):
             raise ValueError("this Denoiser has no network")
         return self.net(x_in, c_noise) if cond is None else self.net(x_in, c_noise, cond)
 
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the network has a reverse-variance head (``learn_variance``; Nichol & Dhariwal 2021)."""
+        return bool(getattr(self.net, "learn_variance", False))
+
+    def outputs(self, x_in: Tensor, c_noise: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor | None]:
+        """(F, v): the mean output F and, for a network with a variance head, the interpolation
+        v = (r + 1) / 2 of its second half r of channels (Nichol & Dhariwal 2021, eq. 15, with their
+        released code's map of an output near [-1, 1] to [0, 1]); v is None otherwise."""
+        f = self.network(x_in, c_noise, cond)
+        if not self.learns_variance:
+            return f, None
+        mean, r = f.chunk(2, dim=1)
+        return mean, (r + 1) / 2
+
     def forward(self, x: Tensor, t: float | Tensor, cond: Cond = None) -> Prediction:
         c, c_noise, alpha, sigma = self.precondition(x, t)
         x_in = x if isinstance(c.c_in, float) and c.c_in == 1.0 else c.c_in * x  # no copy for c_in = 1
-        f = self.network(x_in, c_noise, cond)
+        f, v = self.outputs(x_in, c_noise, cond)
         if not isinstance(alpha, Tensor):  # one shared time: 0-d coefficients in x's dtype
             alpha, sigma = x.new_tensor(alpha), x.new_tensor(sigma)
-        return Prediction(x, alpha, sigma, raw=(f, c))
+        return Prediction(x, alpha, sigma, raw=(f, c), var_interp=v)

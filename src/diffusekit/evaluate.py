@@ -25,6 +25,11 @@ and :mod:`diffusekit.likelihood`:
 
 Both likelihoods are averaged over N real items; the standard error is that of
 the mean over items (it contains data, dequantization and Hutchinson noise).
+
+Under torchrun (a ``world`` of several processes) the samples are drawn in shards and
+gathered (``pipeline.sample_denoiser``), the Inception features of samples and real items
+are computed in shards and gathered (:func:`sharded_features`), so every figure equals the
+single-process one; ``nll`` and ``vlb`` run on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ import torch
 from torch import Tensor
 
 from .data import TOY_NAMES, load_dataset
+from .data.images import lattice_levels
 from .denoiser import Denoiser
 from .likelihood import continuous_vlb, dequantized_bits_per_dim, discrete_vlb, ode_log_likelihood
 from .pipeline import LoadedRun, load_run, load_training_data, sample_denoiser
 from .progress import progress_bar
 from .schedules.discrete import DiscreteSchedule
+from .train.distributed import World, gather_array, shard
 from .utils import check_positive_int
 
 #: Every metric name ``evaluate_run`` knows.
@@ -55,9 +62,9 @@ METRICS: tuple[str, ...] = ("fid", "kid", "pr", "cfd", "is", "sw", "nll", "vlb")
 CLASSIFIER_DATASETS = {"digits": "digits", "fashion": "fashion_mnist", "fashion-mnist": "fashion_mnist",
                        "fashion_mnist": "fashion_mnist"}
 LN2 = math.log(2.0)
-#: ``ode_log_likelihood`` settings of ``nll`` unless overridden: score SDE's dopri5 tolerances, the exact
-#: divergence up to 16 dimensions (toys), else Hutchinson with 2 Rademacher probes (per-item error bars).
-NLL_DEFAULTS: dict[str, Any] = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "max_exact_dim": 16, "probes": 2}
+#: ``ode_log_likelihood`` settings of ``nll`` unless overridden: none, so ``diffusekit eval`` uses the API's
+#: defaults (adaptive quadrature to ``tol`` nats/dim; benchmarks/RESULTS.md measures exactly these).
+NLL_DEFAULTS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -91,15 +98,6 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _lattice_levels(x: Tensor, candidates: Sequence[int]) -> int | None:
-    """The first L in ``candidates`` whose lattice 2 k / (L - 1) - 1 holds every value of ``x``, or None."""
-    for levels in candidates:
-        k = (x.double() + 1.0) * (levels - 1) / 2.0
-        if bool(((k - k.round()).abs() < 1e-4).all()) and bool(((k >= -1e-4) & (k <= levels - 1 + 1e-4)).all()):
-            return levels
-    return None
-
-
 def real_data(run: LoadedRun, n: int, seed: int = 0) -> RealData:
     """Up to ``n`` reference items for ``run``, a random subset (by ``seed``) of the best available set.
 
@@ -123,7 +121,7 @@ def real_data(run: LoadedRun, n: int, seed: int = 0) -> RealData:
     if tuple(x.shape[1:]) != run.info.data_shape:
         raise ValueError(f"reference data of shape {tuple(x.shape[1:])} do not match the run's {run.info.data_shape}")
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-    levels = _lattice_levels(x[perm], (17, 256)) if x.ndim == 4 else None
+    levels = lattice_levels(x[perm], (17, 256)) if x.ndim == 4 else None
     return RealData(x[perm], None if labels is None else labels[perm], name, source, held_out, levels)
 
 
@@ -170,34 +168,47 @@ def default_metrics(data: RealData) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ sample quality
-def _real_inception_features(data: RealData, progress: bool, cache_dir: str | Path | None) -> np.ndarray:
+def sharded_features(extractor: Any, x: Tensor, world: World | None = None, *, batch_size: int = 64,
+                     progress: bool = True) -> np.ndarray:
+    """``extractor``'s features (N, F) of all rows of ``x``: each rank computes its :func:`shard`'s and the parts are
+    gathered in row order, on every rank (one process: all of them)."""
+    from .metrics import compute_features
+
+    world = world or World()
+    part = compute_features(extractor, x[shard(x.shape[0], world)], batch_size=batch_size,
+                            progress=progress and world.is_main)
+    return gather_array(part, world)
+
+
+def _real_inception_features(data: RealData, progress: bool, cache_dir: str | Path | None,
+                             world: World | None) -> np.ndarray:
     """Inception features of the reference items, cached under ``<cache>/features`` by a hash of their values."""
-    from .metrics import InceptionFeatures, cached_features, compute_features
+    from .metrics import InceptionFeatures, cached_features
 
     extractor = InceptionFeatures()
     digest = hashlib.sha1(data.x.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
     key = f"{extractor.name}-{data.dataset}-n{data.x.shape[0]}-{digest}"
-    return cached_features(
-        key, lambda: compute_features(extractor, data.x, batch_size=extractor.batch_size, progress=progress), cache_dir
-    )
+    return cached_features(key, lambda: sharded_features(extractor, data.x, world, batch_size=extractor.batch_size,
+                                                         progress=progress), cache_dir)
 
 
 def feature_metrics(
     samples: Tensor, data: RealData, metrics: Sequence[str], *, seed: int = 0, progress: bool = True,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, world: World | None = None,
 ) -> dict[str, MetricResult]:
-    """``fid``, ``kid``, ``pr`` of ``samples`` against ``data``: Inception features for images, raw coordinates else."""
+    """``fid``, ``kid``, ``pr`` of ``samples`` against ``data``: Inception features for images, raw coordinates else
+    (features computed in shards across the ``world``'s processes)."""
     from .metrics import frechet_distance_from_features, kernel_inception_distance, precision_recall
 
     wanted = [m for m in metrics if m in ("fid", "kid", "pr")]
     if not wanted:
         return {}
     if data.is_image:
-        from .metrics import InceptionFeatures, compute_features
+        from .metrics import InceptionFeatures
 
-        real = _real_inception_features(data, progress, cache_dir)
+        real = _real_inception_features(data, progress, cache_dir, world)
         extractor = InceptionFeatures()
-        fake = compute_features(extractor, samples, batch_size=extractor.batch_size, progress=progress)
+        fake = sharded_features(extractor, samples, world, batch_size=extractor.batch_size, progress=progress)
         space = "inception"
     else:
         real, fake = data.x.flatten(1).double().numpy(), samples.flatten(1).double().numpy()
@@ -375,17 +386,21 @@ def evaluate_run(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     nll_options: dict[str, Any] | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Sample ``n`` items from the run in ``run_dir`` and compute ``metrics`` against its real data.
 
     ``metrics`` is a comma list or sequence of :data:`METRICS` (default: :func:`default_metrics`);
     ``solver`` / ``nfe`` default to the run's sampling config. Sample-quality metrics are
-    skipped from sampling when only ``nll`` / ``vlb`` are asked. Returns a JSON-ready dict.
+    skipped from sampling when only ``nll`` / ``vlb`` are asked. Returns a JSON-ready dict (complete on
+    rank 0 of a ``world`` of several processes; the other ranks skip ``nll`` and ``vlb``).
     """
     check_positive_int("n", n)
+    world = world or World()
     run = load_run(run_dir)
     data = real_data(run, n, seed)
     names = default_metrics(data) if metrics is None else parse_metrics(metrics, data)
+    grid = run.config.sampling.grid if solver is None else None  # a run's own grid goes with its own solver
     solver = solver or run.config.sampling.solver
     nfe = nfe or run.config.sampling.nfe
     num_classes = run.info.num_classes if run.config.data.labels else None
@@ -399,15 +414,21 @@ def evaluate_run(
     if any(m in names for m in ("fid", "kid", "pr", "cfd", "is", "sw")):
         start = time.perf_counter()
         cond = torch.arange(n) % num_classes if num_classes else None
-        sol = sample_denoiser(run.denoiser, run.info, solver, nfe, n, seed=seed, cond=cond, progress=progress)
-        samples = sol.x.detach().float().clamp(-1, 1) if data.is_image else sol.x.detach().float()
+        sol = sample_denoiser(run.denoiser.to(world.device), run.info, solver, nfe, n, seed=seed, grid=grid,
+                              cond=cond, progress=progress, world=world)
+        run.denoiser.cpu()  # the likelihoods run on rank 0's CPU, with the data
+        samples = sol.x.detach().float().cpu()
+        samples = samples.clamp(-1, 1) if data.is_image else samples
         result["sampling"] = {"solver": solver, "nfe": sol.nfe, "n": n, "seed": seed,
                               "seconds": round(time.perf_counter() - start, 2)}
-        out.update(feature_metrics(samples, data, names, seed=seed, progress=progress, cache_dir=cache_dir))
+        out.update(feature_metrics(samples, data, names, seed=seed, progress=progress, cache_dir=cache_dir,
+                                   world=world))
         out.update(classifier_metrics(samples, data, names, progress=progress, cache_dir=cache_dir))
         if "sw" in names:
             out.update(sliced_wasserstein_metric(samples, data, seed=seed))
     real_cond = data.labels if num_classes else None
+    if not world.is_main:
+        names = [m for m in names if m not in ("nll", "vlb")]
     if "nll" in names:
         start = time.perf_counter()
         out.update(nll_metric(run.denoiser, data, cond=real_cond, batch=batch, seed=seed, progress=progress,
@@ -435,6 +456,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 __all__ = [
     "CLASSIFIER_DATASETS", "METRICS", "MetricResult", "NLL_DEFAULTS", "RealData", "classifier_metrics", "default_metrics",
-    "evaluate_run", "feature_metrics", "format_table", "nll_metric", "parse_metrics", "real_data",
+    "evaluate_run", "feature_metrics", "format_table", "nll_metric", "parse_metrics", "real_data", "sharded_features",
     "sliced_wasserstein_metric", "vlb_metric", "why_not_applicable",
 ]

@@ -64,16 +64,19 @@ def _first(v: Tensor, b: int) -> Tensor:
     return v if v.ndim == 0 or v.shape[0] == 1 else v[:b]
 
 
-def null_condition(denoiser: DenoiserLike) -> int:
-    """The null ("unconditional") label of a class-conditional denoiser: the oracle's
-    ``null_label``, or the class embedding's of a ``Denoiser``'s network (label dropout,
-    Ho & Salimans 2022 sec. 3.2), looked up through wrappers."""
+def null_condition(denoiser: DenoiserLike) -> int | float:
+    """The null ("unconditional") condition of a conditional denoiser: the oracle's ``null_label``,
+    the class embedding's of a ``Denoiser``'s network (label dropout, Ho & Salimans 2022 sec. 3.2),
+    or NaN for a network with a condition-vector embedding; looked up through wrappers."""
     obj: object = denoiser
     while obj is not None:
         label = getattr(obj, "null_label", None)
-        embed = getattr(getattr(obj, "net", None), "class_embed", None)
+        net = getattr(obj, "net", None)
+        embed = getattr(net, "class_embed", None)
         if label is None and embed is not None:
             label = embed.null_label
+        if label is None and getattr(net, "cond_embed", None) is not None:
+            return net.cond_embed.null_value  # type: ignore[union-attr]
         if label is not None:
             return int(label)
         obj = getattr(obj, "inner", None)
@@ -103,7 +106,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         inner: DenoiserLike,
         scale: float,
         *,
-        null: int | Tensor | None = None,
+        null: int | float | Tensor | None = None,
         interval: tuple[float, float] | None = None,
         rescale: float = 0.0,
     ) -> None:
@@ -259,6 +262,16 @@ class LowDensityEnergy:
             raise ValueError(f"class_means must be a floating (C, F) tensor, got shape {tuple(class_means.shape)}")
         self.encoder = encoder
         self.class_means = class_means
+
+    @classmethod
+    @torch.no_grad()
+    def from_data(cls, encoder: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch: int = 1024) -> "LowDensityEnergy":
+        """The energy with ``class_means`` = the mean ``encoder`` features of each class of data ``x``, labels ``y``."""
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+            raise ValueError(f"y must hold one integer label per item ({x.shape[0]},), got shape {tuple(y.shape)}")
+        z = torch.cat([encoder(part).flatten(1) for part in x.split(batch)]).double()
+        onehot = F.one_hot(y.long(), int(y.max()) + 1).to(z)
+        return cls(encoder, onehot.T @ z / onehot.sum(0)[:, None].clamp(min=1))
 
     def __call__(self, x: Tensor, t: Time, cond: Cond) -> Tensor:
         z = self.encoder(x).flatten(1)

@@ -50,6 +50,12 @@ def _scalar_mix(x: int) -> int:
     return int(_mix(z)[0])
 
 
+def sample_keys(seed: int, index: Tensor) -> Tensor:
+    """The keys of samples ``index`` (int64) under one global ``seed``: what ``NoiseSource.from_seed(seed, n)``
+    gives row ``index`` of a batch, so any subset of a batch (a process's shard) draws exactly its rows' noise."""
+    return _mix(index.to(torch.int64) * _GOLDEN + _scalar_mix(seed))
+
+
 class NoiseSource:
     """Per-sample standard normal streams keyed by int64 seeds (one per batch row)."""
 
@@ -62,8 +68,7 @@ class NoiseSource:
     def from_seed(cls, seed: int | Sequence[int] | Tensor, batch: int, device: torch.device | str = "cpu") -> "NoiseSource":
         """One global seed gives sample b the key (seed, b); a sequence or tensor gives each sample's own."""
         if isinstance(seed, int):
-            base = _scalar_mix(seed)
-            seeds = _mix(torch.arange(batch, dtype=torch.int64, device=device) * _GOLDEN + base)
+            seeds = sample_keys(seed, torch.arange(batch, dtype=torch.int64, device=device))
         else:
             seeds = torch.as_tensor(seed, dtype=torch.int64, device=device).flatten()
             if seeds.numel() != batch:

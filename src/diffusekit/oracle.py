@@ -182,6 +182,23 @@ class GaussianMixture(Denoiser):
             log_p = log_p - self.class_log_weights[y]
         return x0, eps, log_p
 
+    def posterior_covariance(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """Exact Cov[x0 | x_t] (float64, (B, D, D)) for x (B, ...): the law of total covariance over
+        components, sum_k r_k (diag(V_k) + m_k m_k^T) - m m^T with m_k = E[y0 | y, k] and
+        V_k = s_k^2 sigma^2 / v_k in the eigen-frame, mapped back by Q."""
+        alpha, sigma = self._coeffs(t, x)
+        logits, prec, diff, _ = self._joint(x.flatten(1).double(), alpha, sigma)
+        r = torch.softmax(logits, 1)
+        a, s = (v[: prec.shape[0]].reshape(-1, 1, 1) for v in (alpha, sigma))
+        m_k = self.to_frame(self.means) + a * self.variances * prec * diff  # (B, K, D)
+        v_k = (self.variances * s**2 * prec).expand_as(m_k)
+        m = torch.einsum("bk,bkd->bd", r, m_k)
+        cov = torch.diag_embed(torch.einsum("bk,bkd->bd", r, v_k)) + torch.einsum("bk,bkd,bke->bde", r, m_k, m_k)
+        cov = cov - m[:, :, None] * m[:, None, :]
+        if self.rotation is not None:
+            cov = self.rotation @ cov @ self.rotation.T
+        return cov
+
     def class_log_prob(self, x: Tensor, t: float | Tensor | None = None) -> Tensor:
         """Exact log p(y | x_t) for every class y (float64, (B, C)); differentiable in x, so it
         serves as the time-aware classifier of classifier guidance. ``t=None``: clean data."""

@@ -33,9 +33,12 @@ class Prediction:
     one through ``x_t = alpha x0 + sigma eps``. A solver that reads only ``x0`` thus
     never pays for ``eps``, and neither estimate needs a division that may be singular
     when it comes from the network output.
+
+    ``var_interp`` is the learned reverse-variance interpolation v of a network with a
+    variance head (Nichol & Dhariwal 2021, eq. 15; ``learned_variance.py``), else None.
     """
 
-    __slots__ = ("x_t", "alpha", "sigma", "_x0", "_eps", "_raw")
+    __slots__ = ("x_t", "alpha", "sigma", "_x0", "_eps", "_raw", "var_interp")
 
     def __init__(
         self,
@@ -46,11 +49,13 @@ class Prediction:
         eps: Tensor | None = None,
         *,
         raw: tuple[Tensor, "Coefficients"] | None = None,
+        var_interp: Tensor | None = None,
     ) -> None:
         if x0 is None and eps is None and raw is None:
             raise ValueError("a Prediction needs x0, eps or the raw network output")
         self.x_t, self.alpha, self.sigma = x_t, alpha, sigma
         self._x0, self._eps, self._raw = x0, eps, raw
+        self.var_interp = var_interp
 
     @property
     def x0(self) -> Tensor:
@@ -90,11 +95,11 @@ class Prediction:
 
     def with_x0(self, x0: Tensor) -> "Prediction":
         """The same point with a new data estimate (clipping, constraints); eps follows from x_t."""
-        return Prediction(self.x_t, self.alpha, self.sigma, x0)
+        return Prediction(self.x_t, self.alpha, self.sigma, x0, var_interp=self.var_interp)
 
     def with_eps(self, eps: Tensor) -> "Prediction":
         """The same point with a new noise estimate (guidance); x0 follows from x_t."""
-        return Prediction(self.x_t, self.alpha, self.sigma, None, eps)
+        return Prediction(self.x_t, self.alpha, self.sigma, None, eps, var_interp=self.var_interp)
 
     def __repr__(self) -> str:
         return f"Prediction(shape={tuple(self.x_t.shape)}, dtype={self.x_t.dtype})"
@@ -245,11 +250,37 @@ class EDMParam(Parameterization):
         return 0.25 * torch.log(sigma / alpha) if self.kind == "edm" else model_time
 
 
+@dataclass(frozen=True)
+class ConsistencyParam(Parameterization):
+    """The boundary-condition preconditioning of consistency models (Song et al. 2023, eq. 3 and App. C),
+    in the scaled coordinates x_hat = x_t / alpha, s = sigma / alpha:
+
+        f(x, s) = c_skip(s) x_hat + c_out(s) F,  c_skip = sd^2 / ((s - s_min)^2 + sd^2),
+        c_out = (s - s_min) sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2),  c_noise = log(s) / 4,
+
+    so f(x, s_min) = x_hat exactly: the consistency function's boundary condition. ``x0`` of the
+    Prediction is f; with s_min = 0 it is EDM's preconditioning (a teacher's weights carry over).
+    """
+
+    sigma_min: float = 0.002
+    sigma_data: float = 0.5
+    name = "consistency"
+
+    def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
+        s, sd = sigma / alpha, self.sigma_data
+        r = (s**2 + sd**2).sqrt()
+        c_skip, c_out = sd**2 / ((s - self.sigma_min) ** 2 + sd**2), (s - self.sigma_min) * sd / r
+        return Coefficients(1 / (r * alpha), c_skip / alpha, c_out, (1 - c_skip) / sigma, -c_out / s)
+
+    def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        return 0.25 * torch.log(sigma / alpha)
+
+
 PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry("parameterization")
-for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam):
+for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam, ConsistencyParam):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
 
 
 def make_parameterization(name: str, **kwargs) -> Parameterization:
-    """Build a parameterization by name: eps, x0, v, score, velocity, edm."""
+    """Build a parameterization by name: eps, x0, v, score, velocity, edm, consistency."""
     return PARAMETERIZATIONS.get(name)(**kwargs)

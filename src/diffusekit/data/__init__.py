@@ -21,12 +21,15 @@ from diffusekit.data.images import (
     read_idx,
     write_idx,
 )
+from diffusekit.data.emoji import load_emoji
 from diffusekit.data.loader import ArrayLoader
-from diffusekit.data.toys import TOY_NAMES, make_toy
+from diffusekit.data.toys import CONDITIONAL_TOY_NAMES, TOY_NAMES, make_conditional_toy, make_toy
 
 __all__ = [
     "DATASET_NAMES",
     "TOY_NAMES",
+    "CONDITIONAL_TOY_NAMES",
+    "make_conditional_toy",
     "FASHION_MNIST_ROOT",
     "load_dataset",
     "make_toy",
@@ -38,11 +41,12 @@ __all__ = [
     "load_mnist5k",
     "load_image_folder",
     "load_array",
+    "load_emoji",
     "random_flip",
     "ArrayLoader",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "fashion", "mnist5k", "mnist", *TOY_NAMES)
+DATASET_NAMES: tuple[str, ...] = ("digits", "fashion", "mnist5k", "mnist", "emoji", *TOY_NAMES, *CONDITIONAL_TOY_NAMES)
 
 
 def _no_kwargs(name: str, kw: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
@@ -55,9 +59,10 @@ def load_dataset(name: str | os.PathLike[str], **kw: Any) -> tuple[Tensor, Tenso
     """Load a data set by name or path; returns ``(data, labels or None)``.
 
     Names: ``digits``; ``fashion`` (``split``, ``root``); ``mnist5k``;
-    ``mnist`` (idx files: ``root``, ``split``); toys ``mixture``, ``moons``,
+    ``mnist`` (idx files: ``root``, ``split``); ``emoji`` (colour, ``size`` default 32); toys ``mixture``, ``moons``,
     ``swiss_roll``, ``checkerboard``, ``rings`` (``n`` default 10000, ``seed``
-    default 0; no labels). Paths: a folder -> :func:`load_image_folder`
+    default 0; no labels); ``shifted_mixture`` (``n``, ``seed``; condition vectors (N, 1) in place of
+    labels, for ``data.condition = "vector"``). Paths: a folder -> :func:`load_image_folder`
     (``size`` required, ``channels``); ``.npy`` / ``.npz`` / ``.csv`` -> :func:`load_array` (``key``).
     """
     s = os.fspath(name)
@@ -75,9 +80,15 @@ def load_dataset(name: str | os.PathLike[str], **kw: Any) -> tuple[Tensor, Tenso
         if "root" not in kw:
             raise ValueError("dataset 'mnist' needs root=<folder with train-images-idx3-ubyte[.gz] etc.>")
         return load_mnist_idx(**kw)
+    if s == "emoji":
+        _no_kwargs(s, kw, ("size",))
+        return load_emoji(**kw)
     if s in TOY_NAMES:
         _no_kwargs(s, kw, ("n", "seed"))
         return make_toy(s, int(kw.get("n", 10000)), int(kw.get("seed", 0))), None
+    if s in CONDITIONAL_TOY_NAMES:
+        _no_kwargs(s, kw, ("n", "seed"))
+        return make_conditional_toy(s, int(kw.get("n", 10000)), int(kw.get("seed", 0)))
     p = Path(s)
     if p.suffix.lower() in ARRAY_EXTENSIONS:
         _no_kwargs(s, kw, ("key",))

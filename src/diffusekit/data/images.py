@@ -28,9 +28,11 @@ __all__ = [
     "load_mnist_idx",
     "load_mnist5k",
     "load_image_folder",
+    "read_image",
     "load_array",
     "ARRAY_EXTENSIONS",
     "uint8_to_unit",
+    "lattice_levels",
     "random_flip",
 ]
 
@@ -47,6 +49,15 @@ def uint8_to_unit(arr: np.ndarray | Tensor) -> Tensor:
     """Map uint8 values 0..255 to float32 in [-1, 1] (``x / 127.5 - 1``)."""
     t = torch.as_tensor(np.asarray(arr) if not isinstance(arr, Tensor) else arr)
     return t.to(torch.float32) / 127.5 - 1.0
+
+
+def lattice_levels(x: Tensor, candidates: Sequence[int] = (17, 256)) -> int | None:
+    """The first L in ``candidates`` whose lattice 2 k / (L - 1) - 1 holds every value of ``x``, or None."""
+    for levels in candidates:
+        k = (x.double() + 1.0) * (levels - 1) / 2.0
+        if bool(((k - k.round()).abs() < 1e-4).all()) and bool(((k >= -1e-4) & (k <= levels - 1 + 1e-4)).all()):
+            return levels
+    return None
 
 
 def load_digits() -> tuple[Tensor, Tensor]:
@@ -194,6 +205,26 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if _is_image(p))
 
 
+def read_image(path: str | os.PathLike[str], size: int, channels: int) -> np.ndarray:
+    """One PNG/JPEG image as uint8 (size, size, channels): converted to L (1) or RGB (3), the
+    shorter side resized to ``size`` (bicubic) and centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as src:
+            im: Image.Image = src.convert("L" if channels == 1 else "RGB")
+            w, h = im.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            return np.array(im, dtype=np.uint8).reshape(size, size, channels)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
 def load_image_folder(
     root: str | os.PathLike[str], size: int, channels: int | None = None
 ) -> tuple[Tensor, Tensor | None, list[str]]:
@@ -250,9 +281,8 @@ def load_image_folder(
             found = ", ".join(f"{m} (e.g. {p.name})" for m, p in sorted(modes.items()))
             raise ValueError(f"images in {r} have mixed modes: {found}; pass channels=1 or 3 to convert them")
         channels = 1 if next(iter(modes)) in _GRAY_MODES else 3
-    target_mode = "L" if channels == 1 else "RGB"
 
-    out = np.stack([_read_image(f, size, target_mode) for f in files])
+    out = np.stack([read_image(f, size, channels) for f in files])
     images = uint8_to_unit(out).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(label_list, dtype=torch.int64) if class_names else None
     return images, labels, class_names
@@ -412,9 +442,14 @@ def _np_load(p: Path) -> Any:
         raise ValueError(f"{p} is not {kind} ({' '.join(str(e).split())[:120]})") from None
 
 
-def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    """Flip each image of a batch (B, C, H, W) horizontally with probability ``p`` (vectorised)."""
+def random_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None, offset: int = 0,
+                global_batch: int | None = None) -> Tensor:
+    """Flip each image of a batch (B, C, H, W) horizontally with probability ``p`` (vectorised).
+
+    ``x`` may be rows ``offset`` to ``offset + B`` of a batch of ``global_batch`` (one data-parallel shard):
+    the flips are drawn for the whole batch and these rows' taken."""
     if x.ndim != 4:
         raise ValueError(f"random_flip expects images (B, C, H, W), got shape {tuple(x.shape)}")
-    mask = torch.rand(x.shape[0], generator=generator) < p
+    n = x.shape[0] if global_batch is None else global_batch
+    mask = (torch.rand(n, generator=generator) < p)[offset : offset + x.shape[0]]
     return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)

@@ -35,6 +35,12 @@ class ArrayLoader:
     :meth:`epoch_batches` yields only the rest of the current epoch. All
     iterators share the loader's state. ``flip=True`` applies
     :func:`~diffusekit.data.images.random_flip` to image batches.
+
+    Data parallel: with ``world_size`` processes, ``batch_size`` is the global batch and
+    process ``rank`` gets the contiguous rows ``rank * b`` to ``(rank + 1) * b`` of each batch
+    (b = batch_size / world_size; flips drawn for the whole batch), so the ranks' shards together
+    are exactly the single-process batch. The state holds the global batch, so a run resumes on
+    any world size that divides it.
     """
 
     def __init__(
@@ -45,10 +51,13 @@ class ArrayLoader:
         seed: int = 0,
         drop_last: bool = True,
         flip: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.data = torch.as_tensor(data)
-        labels = torch.as_tensor(labels) if labels is not None else None  # integers, or float conditions (SR3)
-        self.labels = labels if labels is None or labels.is_floating_point() else labels.long()
+        self.labels = None if labels is None else torch.as_tensor(labels)
+        if self.labels is not None and not self.labels.is_floating_point():
+            self.labels = self.labels.long()  # class labels; floating rows are condition vectors or images
         n = self.data.shape[0] if self.data.ndim else 0
         if n == 0:
             raise ValueError("ArrayLoader needs at least one sample, got an empty array")
@@ -56,6 +65,11 @@ class ArrayLoader:
             raise ValueError(f"labels must have shape ({n}, ...), got {tuple(self.labels.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank {rank}, world_size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must be a multiple of the world size "
+                             f"{world_size}; allowed: a multiple of {world_size}")
         if drop_last and batch_size > n:
             raise ValueError(f"batch_size {batch_size} > {n} samples with drop_last=True: an epoch would have no batch")
         if flip and self.data.ndim != 4:
@@ -65,6 +79,7 @@ class ArrayLoader:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.flip = bool(flip)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self.position = 0
         self._perm_epoch: int | None = None
@@ -84,14 +99,17 @@ class ArrayLoader:
         return self._perm
 
     def batch(self, epoch: int, index: int) -> Batch:
-        """Batch ``index`` of ``epoch`` (pure function of seed, epoch, index)."""
+        """This rank's rows of batch ``index`` of ``epoch`` (pure function of seed, epoch, index, rank, world size)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)})")
         idx = self.permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        idx = idx.to(self.data.device)
+        size = idx.shape[0]
+        lo, hi = self.rank * size // self.world_size, (self.rank + 1) * size // self.world_size
+        idx = idx[lo:hi].to(self.data.device)
         x = self.data[idx]
         if self.flip:
-            x = random_flip(x, generator=_derived_generator(self.seed, epoch, index + 1, 1))
+            x = random_flip(x, generator=_derived_generator(self.seed, epoch, index + 1, 1), offset=lo,
+                            global_batch=size)
         y = self.labels[idx.to(self.labels.device)] if self.labels is not None else None
         return x, y
 

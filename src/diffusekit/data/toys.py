@@ -16,7 +16,7 @@ from typing import SupportsIndex
 import torch
 from torch import Tensor
 
-__all__ = ["TOY_NAMES", "make_toy"]
+__all__ = ["CONDITIONAL_TOY_NAMES", "TOY_NAMES", "make_conditional_toy", "make_toy", "shifted_mixture_means"]
 
 
 def _mixture(n: int, g: torch.Generator) -> Tensor:
@@ -90,3 +90,40 @@ def make_toy(name: str, n: SupportsIndex, seed: int = 0) -> Tensor:
         raise ValueError(f"n must be a positive int, got {n!r}")
     g = torch.Generator().manual_seed(int(seed))
     return _TOYS[name](count, g).to(torch.float32).contiguous()
+
+
+# ---- toys with a condition vector per point -------------------------------------------------------
+SHIFTED_MIXTURE_STD = 0.1
+
+
+def shifted_mixture_means(c: Tensor) -> Tensor:
+    """The two component means (B, 2, 2) of ``shifted_mixture`` at conditions c (B, 1): (-+0.5, 0.5 c)."""
+    x = torch.tensor([-0.5, 0.5], dtype=c.dtype, device=c.device)
+    return torch.stack([x.expand(c.shape[0], 2), (0.5 * c).expand(c.shape[0], 2)], dim=2)
+
+
+def _shifted_mixture(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """c ~ U(-1, 1); x ~ N((-0.5, 0.5 c), 0.1^2) or N((0.5, 0.5 c), 0.1^2), each with probability 1/2."""
+    c = 2 * torch.rand(n, 1, generator=g) - 1
+    k = torch.randint(0, 2, (n,), generator=g)
+    means = shifted_mixture_means(c)[torch.arange(n), k]
+    return means + SHIFTED_MIXTURE_STD * torch.randn(n, 2, generator=g), c
+
+
+_CONDITIONAL_TOYS: dict[str, Callable[[int, torch.Generator], tuple[Tensor, Tensor]]] = {
+    "shifted_mixture": _shifted_mixture,
+}
+
+CONDITIONAL_TOY_NAMES: tuple[str, ...] = tuple(_CONDITIONAL_TOYS)
+
+
+def make_conditional_toy(name: str, n: SupportsIndex, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` points (n, 2) and their condition vectors (n, k), float32: ``shifted_mixture`` (a two-component
+    mixture whose vertical position is half the condition c ~ U(-1, 1), k = 1)."""
+    if name not in _CONDITIONAL_TOYS:
+        raise ValueError(f"unknown conditional toy {name!r}; allowed: {', '.join(CONDITIONAL_TOY_NAMES)}")
+    count = operator.index(n)
+    if count < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    x, c = _CONDITIONAL_TOYS[name](count, torch.Generator().manual_seed(int(seed)))
+    return x.float().contiguous(), c.float().contiguous()

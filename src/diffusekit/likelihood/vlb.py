@@ -44,8 +44,11 @@ from torch import Tensor
 
 from ..denoiser import Cond, Denoiser
 from ..noise import NoiseSource
+from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
+from ..stepping import Step
+from ..variances import ReverseVariance, eta_var, make_variance, posterior_var, transition_var
 from .dequantize import log_normal_mass
 from ..utils import check_positive_int
 
@@ -69,10 +72,14 @@ class VLBResult:
     nfe: int
 
 
+def gaussian_kl_elements(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)) per element (arguments broadcast)."""
+    return 0.5 * (torch.log(var_p / var_q) + var_q / var_p + (mean_q - mean_p) ** 2 / var_p - 1.0)
+
+
 def gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
     """KL(N(mean_q, var_q) || N(mean_p, var_p)) summed over all but the batch dimension."""
-    kl = 0.5 * (torch.log(var_p / var_q) + var_q / var_p + (mean_q - mean_p) ** 2 / var_p - 1.0)
-    return kl.flatten(1).sum(1)
+    return gaussian_kl_elements(mean_q, var_q, mean_p, var_p).flatten(1).sum(1)
 
 
 def prior_kl(schedule: NoiseSchedule, x0: Tensor, t: float) -> Tensor:
@@ -95,6 +102,42 @@ def discretized_gaussian_log_likelihood(x0: Tensor, mean: Tensor, std: Tensor, n
     a = torch.where(x0 < -1 + 1e-3 * half, torch.full_like(x0, -math.inf), (x0 - half - mean) / std)
     b = torch.where(x0 > 1 - 1e-3 * half, torch.full_like(x0, math.inf), (x0 + half - mean) / std)
     return log_normal_mass(a, b).flatten(1).sum(1)
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """The reverse steps t_i -> t_{i-1} of an increasing grid t_1 < ... < t_N, as (N,) float64 columns.
+
+    Row i >= 1 is the step t_{i+1} -> t_i (0-based), row 0 the decoder step t_1 -> 0 (alpha = 1,
+    sigma = 0 there). ``large`` = sigma_{t|s}^2 (beta; sigma_1^2 in row 0), ``small`` = beta tilde
+    (row 0 clipped to row 1's, as Nichol & Dhariwal 2021's decoder; NaN when N = 1), ``c_x0`` the
+    weight of x0 in the posterior mean alpha_s sigma_{t|s}^2 / sigma_t^2 (Ho et al. 2020, eq. 7).
+    """
+
+    step: Step
+    large: Tensor
+    small: Tensor
+    c_x0: Tensor
+
+
+def transitions(schedule: NoiseSchedule, t: Tensor) -> Transitions:
+    """The ``Transitions`` of the increasing grid ``t`` (float64, CPU)."""
+    a, s = _alpha_sigma(schedule, t)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    step = Step(0, t, torch.cat([zero, t[:-1]]), a, s, torch.cat([one, a[:-1]]), torch.cat([zero, s[:-1]]), None)
+    large = transition_var(step)
+    small = posterior_var(step)
+    small = torch.cat([small[1:2] if t.numel() > 1 else torch.full_like(small[:1], math.nan), small[1:]])
+    return Transitions(step, large, small, step.alpha1 * large / step.sigma0**2)
+
+
+def posterior_kl(x0: Tensor, x0_hat: Tensor, c_x0: Tensor, var_q: Tensor, var_p: Tensor) -> Tensor:
+    """KL(q(x_s | x_t, x0) || N(mean(x_t, x0_hat), var_p)) per element.
+
+    q and the model share the posterior-mean form (Ho et al. 2020, eq. 7), so the means differ
+    by c_x0 (x0 - x0_hat) only; the arguments broadcast against x0.
+    """
+    return gaussian_kl_elements(c_x0 * x0, var_q, c_x0 * x0_hat, var_p)
 
 
 def _alpha_sigma(schedule: NoiseSchedule, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,16 +167,17 @@ def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> T
 
 def _predict_x0(
     denoiser: Denoiser, x0: Tensor, t: Tensor, stream: int, src: NoiseSource, cond: Cond, chunk: int
-) -> tuple[Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, Tensor | None, int]:
     """x_t = alpha x0 + sigma eps for every (node, sample) pair and the model's x0 there.
 
-    ``t`` (S,) times; returns (x_t (S, B, ...), x0_hat (S, B, ...), number of batched calls).
+    ``t`` (S,) times; returns (x_t (S, B, ...), x0_hat (S, B, ...), the learned variance
+    interpolation (S, B, ...) or None (``Prediction.var_interp``), number of batched calls).
     Noise for node j comes from stream ``stream + j`` of each sample's own generator.
     """
     b = x0.shape[0]
     a, s = _alpha_sigma(denoiser.schedule, t)
     shape = x0.shape[1:]
-    xs, hats, calls = [], [], 0
+    xs, hats, interps, calls = [], [], [], 0
     for lo in range(0, t.numel(), chunk):
         hi = min(lo + chunk, t.numel())
         eps = torch.stack([src.normal(stream + j, shape, x0.dtype) for j in range(lo, hi)])
@@ -145,19 +189,24 @@ def _predict_x0(
         if cond is not None:
             cc = torch.as_tensor(cond).repeat(hi - lo, *([1] * (torch.as_tensor(cond).ndim - 1)))
         with torch.no_grad():
-            hat = denoiser(x_t.reshape(-1, *shape), tt, cc).x0.reshape(x_t.shape)
+            pred = denoiser(x_t.reshape(-1, *shape), tt, cc)
         xs.append(x_t)
-        hats.append(hat)
+        hats.append(pred.x0.reshape(x_t.shape))
+        if pred.var_interp is not None:
+            interps.append(pred.var_interp.reshape(x_t.shape))
         calls += 1
-    return torch.cat(xs), torch.cat(hats), calls
+    return torch.cat(xs), torch.cat(hats), torch.cat(interps) if interps else None, calls
 
 
-def _decoder_nll(x0: Tensor, mean: Tensor, var: float, decoder: str, n_bits: int) -> Tensor:
+def decoder_nll(x0: Tensor, mean: Tensor, var: Tensor | float, decoder: str, n_bits: float) -> Tensor:
+    """-log p(x0 | x_1) per sample for a Gaussian N(mean, var) decoder: 'discretized' on the n-bit
+    lattice (Ho et al. 2020, eq. 13) or a 'gaussian' density (continuous data)."""
+    var = torch.as_tensor(var, dtype=torch.float64, device=x0.device)
     if decoder == "discretized":
-        return -discretized_gaussian_log_likelihood(x0, mean, math.sqrt(var), n_bits)
+        return -discretized_gaussian_log_likelihood(x0, mean, var.sqrt(), n_bits)
     if decoder == "gaussian":
         sq = (x0.double() - mean.double()) ** 2
-        return (0.5 * (math.log(2 * math.pi * var) + sq / var)).flatten(1).sum(1)
+        return (0.5 * (torch.log(2 * math.pi * var) + sq / var)).flatten(1).sum(1)
     raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
 
 
@@ -168,62 +217,75 @@ def discrete_vlb(
     cond: Cond = None,
     steps: int | None = None,
     times: Tensor | None = None,
-    variance: str = "small",
+    variance: str | ReverseVariance = "small",
     decoder: str = "discretized",
     decoder_variance: str | float = "clipped",
-    n_bits: int = 8,
+    n_bits: float = 8,
     seed: int = 0,
     chunk: int = 16,
 ) -> VLBResult:
-    """The DDPM bound (Ho et al. 2020, eq. 5) per sample, every term in closed form given x0_hat.
+    """The DDPM bound (Ho et al. 2020, eq. 5) per sample, every term in closed form given the model's call.
 
-    ``steps``/``times`` set the grid (default: every knot of a ``DiscreteSchedule``;
-    a divisor of its N respaces it as in Nichol & Dhariwal 2021, sec. 4).
-    ``variance`` 'small' (beta tilde) or 'large' (beta) is the model's fixed reverse
-    variance; ``decoder`` 'discretized' (data on the n-bit lattice in [-1, 1]) or
-    'gaussian' (continuous data); ``decoder_variance`` as in the module doc. One
-    forward-noise draw per (sample, step), from per-sample streams of ``seed``;
-    ``chunk`` steps share one batched model call.
+    ``steps``/``times`` set the grid, any K-step sub-trajectory t_1 < ... < t_K (default: every
+    knot of a ``DiscreteSchedule``; a divisor of its N respaces it as in Nichol & Dhariwal 2021,
+    sec. 4). ``variance`` is the sampler's reverse variance, so the bound is that sampler's:
+    'small' (beta tilde), 'large' (beta), 'learned' (the model's variance head, Nichol & Dhariwal
+    2021, eq. 15) or any ``ReverseVariance`` (Analytic-DPM, SN/NPR heads; per sample and per
+    element). A rule made for DDIM's eta (``variance.eta``) is compared with
+    q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3; the same
+    marginals; eta = 0 has no finite bound). ``decoder`` 'discretized' (data on the n-bit
+    lattice in [-1, 1]) or 'gaussian' (continuous data); ``decoder_variance`` as in the module
+    doc (a variance with ``decoder_var`` uses its own). One forward-noise draw per (sample,
+    step), from per-sample streams of ``seed``; ``chunk`` steps share one batched model call.
     """
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    rule = make_variance(variance)
+    eta = getattr(rule, "eta", 1.0)
+    if eta == 0:
+        raise ValueError("the bound of a deterministic step (eta = 0) is infinite; allowed: eta > 0")
     schedule = denoiser.schedule
     t = _grid(schedule, steps, times)
     n = t.numel()
-    a, s = _alpha_sigma(schedule, t)
+    tr = transitions(schedule, t)
     b = x0.shape[0]
     x0 = x0.double() if not x0.is_floating_point() else x0
     src = NoiseSource.from_seed(seed, b, x0.device)
-    x_t, hat, calls = _predict_x0(denoiser, x0, t, 0, src, cond, chunk)
+    x_t, hat, interp, calls = _predict_x0(denoiser, x0, t, 0, src, cond, chunk)
     x0d, hatd = x0.double()[None], hat.double()
     dims = [1] * (x0.ndim - 1)
-    # transitions i -> i-1 for i = 1..n-1 (0-based): s = t_{i-1}, t = t_i
-    a_t, s_t, a_s, s_s = a[1:], s[1:], a[:-1], s[:-1]
-    a_ts = a_t / a_s
-    s_ts2 = s_t**2 - a_ts**2 * s_s**2
-    var_q = s_ts2 * s_s**2 / s_t**2
-    var_p = var_q if variance == "small" else s_ts2
-    c_x0 = a_s * s_ts2 / s_t**2
 
     def col(v: Tensor) -> Tensor:
         return v.to(x0.device).reshape(-1, 1, *dims)
 
-    # same posterior mean form for q and p, so only the x0 difference enters the means
-    diff = col(c_x0) * (x0d - hatd[1:])
-    kl = 0.5 * (col(torch.log(var_p / var_q) + var_q / var_p - 1.0) + diff**2 / col(var_p))
+    def rows(lo: int, hi: int) -> tuple[Prediction, Step]:
+        """The model's predictions and the Steps of transitions lo..hi-1, shaped (S, B, ...)."""
+        st = tr.step
+        step = Step(0, col(st.t0[lo:hi]), col(st.t1[lo:hi]), *(col(v[lo:hi]) for v in (st.alpha0, st.sigma0, st.alpha1, st.sigma1)), None)
+        pred = Prediction(x_t[lo:hi].double(), step.alpha0, step.sigma0, hatd[lo:hi],
+                          var_interp=None if interp is None else interp[lo:hi].double())
+        return pred, step
+
+    pred, step = rows(1, n)
+    var_p = torch.as_tensor(rule(pred, step), dtype=torch.float64, device=x0.device)
+    if eta == 1:  # DDPM: q is the posterior (Ho et al. 2020, eq. 7)
+        kl = posterior_kl(x0d, hatd[1:], col(tr.c_x0[1:]), col(tr.small[1:]), var_p)
+    else:  # q_lambda: mean alpha_s x0 + sqrt(sigma_s^2 - lambda^2) (x_t - alpha_t x0) / sigma_t (Bao et al. 2022a, eq. 3)
+        var_q = eta_var(step, eta)
+        kl = posterior_kl(x0d, hatd[1:], step.alpha1 - (step.sigma1**2 - var_q) ** 0.5 * step.alpha0 / step.sigma0, var_q, var_p)
     kl = kl.flatten(2).sum(2).transpose(0, 1)  # (B, n-1)
     if isinstance(decoder_variance, str):
         if decoder_variance == "clipped":
             if n < 2:
                 raise ValueError("the 'clipped' decoder variance needs at least two steps")
-            dvar = float(var_q[0])
+            dvar = float(tr.small[0])
         elif decoder_variance == "likelihood":
-            dvar = float(s[0] ** 2 / a[0] ** 2)
+            dvar = float(tr.large[0] / tr.step.alpha0[0] ** 2)
         else:
             raise ValueError(f"decoder_variance must be 'clipped', 'likelihood' or a number, got {decoder_variance!r}")
     else:
         dvar = float(decoder_variance)
-    l0 = _decoder_nll(x0, hat[0], dvar, decoder, n_bits)
+    decoder_var = getattr(rule, "decoder_var", None)
+    dvar_t = dvar if decoder_var is None else decoder_var(*rows(0, 1), dvar)[0]
+    l0 = decoder_nll(x0, hat[0], dvar_t, decoder, n_bits)
     terms = torch.cat([l0[:, None], kl], 1)
     prior = prior_kl(schedule, x0, float(t[-1]))
     total = prior + terms.sum(1)
@@ -267,7 +329,7 @@ def continuous_vlb(
     b = x0.shape[0]
     x0 = x0.double() if not x0.is_floating_point() else x0
     src = NoiseSource.from_seed(seed, b, x0.device)
-    _, hat, calls = _predict_x0(denoiser, x0, t, 1, src, cond, chunk)
+    _, hat, _, calls = _predict_x0(denoiser, x0, t, 1, src, cond, chunk)
     err = (x0.double()[None] - hat.double()).pow(2).flatten(2).sum(2)  # (nodes, B)
     diffusion = (wts * torch.exp(2 * lam))[:, None].to(err) * err
     # decoder at t_eps: z = alpha x0 + sigma eps, p(x | z) = N(z / alpha, sigma^2 / alpha^2)
@@ -279,7 +341,7 @@ def continuous_vlb(
     else:
         eps = src.normal(0, x0.shape[1:], torch.float64)
         z = a0 * x0.double() + s0 * eps
-        recon = _decoder_nll(x0, z / a0, (s0 / a0) ** 2, decoder, n_bits)
+        recon = decoder_nll(x0, z / a0, (s0 / a0) ** 2, decoder, n_bits)
     terms = torch.cat([recon[:, None], diffusion.transpose(0, 1)], 1)
     prior = prior_kl(schedule, x0, t1)
     total = prior + terms.sum(1)

@@ -1,6 +1,6 @@
 """Training losses: denoising score matching with separate time distributions and weightings."""
 
-from .dsm import DSMLoss, LossOutput, StatefulLoss, dsm_loss, loss_scale, weighted_error
+from .dsm import DSMLoss, LossOutput, StatefulLoss, drop_labels, dsm_loss, loss_scale, weighted_error
 from .time_sampling import (
     TIME_SAMPLERS,
     TimeSampler,
@@ -35,6 +35,7 @@ __all__ = [
     "VWeighting",
     "VelocityWeighting",
     "Weighting",
+    "drop_labels",
     "dsm_loss",
     "loss_scale",
     "make_time_sampler",

@@ -15,6 +15,7 @@ int w(t) E||.||^2 dt over [t_min, t_max] whatever p is (an importance-sampled es
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -90,9 +91,33 @@ def dsm_loss(
     t = t.to(x0.device)
     x_t = schedule.add_noise(x0, t, noise)
     coeffs, c_noise, _, _ = denoiser.precondition(x_t, t)
-    f = denoiser.network(coeffs.c_in * x_t, c_noise, cond).to(x0.dtype)
+    f = denoiser.outputs(coeffs.c_in * x_t, c_noise, cond)[0].to(x0.dtype)
     target = denoiser.parameterization.target(x0, noise, coeffs, x_t)
     return weighted_error(f, target, coeffs, t, schedule, weighting)
+
+
+def check_label_dropout(p: float) -> None:
+    """A condition-dropout probability in [0, 1)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1), got {p}")
+
+
+def drop_labels(cond: Cond, p: float, null_label: int | None, generator: torch.Generator | None = None,
+                rows: slice = slice(None), total: int | None = None) -> Cond:
+    """The condition dropped with probability p per row (Ho & Salimans 2022, Algorithm 1): integer
+    labels become ``null_label``, floating condition vectors all-NaN rows (the networks' null token).
+
+    ``rows`` of a global batch of ``total`` rows (data-parallel ranks draw the whole batch's coins).
+    """
+    if p > 0 and isinstance(cond, Tensor):
+        n = cond.shape[0] if total is None else total
+        drop = torch.rand(n, generator=generator, device=cond.device)[rows] < p
+        if cond.is_floating_point():
+            return torch.where(append_dims(drop, cond.ndim), torch.full_like(cond, math.nan), cond)
+        if null_label is None:
+            raise ValueError("label_dropout > 0 on class labels needs null_label (the network's 'no class' label)")
+        return torch.where(drop, torch.full_like(cond, null_label), cond)
+    return cond
 
 
 @dataclass(frozen=True)
@@ -102,10 +127,14 @@ class DSMLoss:
     ``time``: uniform, stratified, antithetic, lognormal, discrete or a ``TimeSampler``;
     ``weighting``: eps, snr, min_snr, v, velocity, edm, likelihood or a ``Weighting``.
     ``importance`` divides by p(t) (the loss then estimates int w(t) E||err||^2 dt).
-    ``label_dropout`` replaces integer labels by ``null_label`` with that probability,
-    for classifier-free guidance (Ho & Salimans 2022).
+    ``label_dropout`` replaces integer labels by ``null_label`` with that probability, and
+    floating condition vectors (B, ...) by all-NaN rows (the networks' null token), for
+    classifier-free guidance (Ho & Salimans 2022).
     Random draws, in order: t (B variates), eps (like x0), then the label-dropout mask,
-    all from ``generator``.
+    all from ``generator``. ``x0`` may be rows ``offset`` to ``offset + B`` of a global batch of
+    ``global_batch`` rows (one shard of a data-parallel step, one micro-batch): the draws are then
+    made for the global batch and these rows taken, so the shards of a step see exactly the
+    noise of the whole batch in one process.
     """
 
     weighting: str | Weighting = "eps"
@@ -117,21 +146,23 @@ class DSMLoss:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
         object.__setattr__(self, "time", make_time_sampler(self.time))
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.label_dropout > 0 and self.null_label is None:
-            raise ValueError("label_dropout > 0 needs null_label (the network's 'no class' label)")
+        check_label_dropout(self.label_dropout)
 
     def __call__(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None
+        self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,
+        offset: int = 0, global_batch: int | None = None,
     ) -> LossOutput:
         schedule = denoiser.schedule
+        b = x0.shape[0]
+        n = b if global_batch is None else global_batch
+        if not 0 <= offset <= n - b:
+            raise ValueError(f"rows {offset} to {offset + b} do not lie in a global batch of {n} rows; "
+                             f"allowed: 0 <= offset <= {n - b}")
+        rows = slice(offset, offset + b)
         time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
-        t = self.time(x0.shape[0], schedule, generator, x0.device, time_dtype)  # type: ignore[operator]
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if self.label_dropout > 0 and isinstance(cond, Tensor) and not cond.is_floating_point():
-            drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.label_dropout
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)  # type: ignore[arg-type]
+        t = self.time(n, schedule, generator, x0.device, time_dtype)[rows]  # type: ignore[operator]
+        noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n)
         per_sample = dsm_loss(denoiser, x0, t, noise, self.weighting, cond)
         if self.importance:
             per_sample = per_sample / self.time.density(t, schedule).to(per_sample)  # type: ignore[union-attr]

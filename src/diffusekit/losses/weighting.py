@@ -15,6 +15,7 @@ name          weight on the x0 error                      source
 eps, simple   SNR             (eps space: 1)              Ho et al. 2020, L_simple
 snr, x0       1                                           the x0-prediction loss
 min_snr       min(SNR, gamma)                             Hang et al. 2023 (gamma = 5)
+truncated_snr max(SNR, 1)                                  Salimans & Ho 2022 (distillation)
 v             (alpha^2 + sigma^2)^2 / sigma^2  (VP: SNR+1)  Salimans & Ho 2022, the v-error
 velocity      (alpha sigma' - sigma alpha')^2 / sigma^2   flow matching (Lipman et al. 2022)
 edm           1 / sigma_data^2 + SNR                      Karras et al. 2022, lambda(sigma), eq. 8
@@ -97,6 +98,17 @@ class MinSNRWeighting(Weighting):
 
 
 @dataclass(frozen=True)
+class TruncatedSNRWeighting(Weighting):
+    """Truncated SNR (Salimans & Ho 2022, sec. 4): max(SNR, 1) on the x0 error, the progressive-distillation
+    loss; unlike the eps loss it keeps a weight of 1 where alpha -> 0."""
+
+    name = "truncated_snr"
+
+    def weight(self, t, schedule):
+        return _snr(t, schedule).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
 class VWeighting(Weighting):
     """The v error (Salimans & Ho 2022): v - v* = -((alpha^2 + sigma^2) / sigma) (x0 - x0*)."""
 
@@ -148,14 +160,14 @@ class LikelihoodWeighting(Weighting):
 
 
 WEIGHTINGS: Registry[type[Weighting]] = Registry("loss weighting")
-for _cls in (EpsWeighting, SNRWeighting, MinSNRWeighting, VWeighting, VelocityWeighting, EDMWeighting, LikelihoodWeighting):
+for _cls in (EpsWeighting, SNRWeighting, MinSNRWeighting, TruncatedSNRWeighting, VWeighting, VelocityWeighting, EDMWeighting, LikelihoodWeighting):
     WEIGHTINGS.register(_cls.name)(_cls)
 WEIGHTINGS.register("simple")(EpsWeighting)
 WEIGHTINGS.register("x0")(SNRWeighting)
 
 
 def make_weighting(name: str | Weighting, **kwargs: float) -> Weighting:
-    """A weighting by name: eps (simple), snr (x0), min_snr (gamma), v, velocity, edm (sigma_data), likelihood."""
+    """A weighting by name: eps (simple), snr (x0), min_snr (gamma), truncated_snr, v, velocity, edm (sigma_data), likelihood."""
     if isinstance(name, Weighting):
         return name
     return WEIGHTINGS.get(name)(**kwargs)

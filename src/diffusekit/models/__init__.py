@@ -5,6 +5,7 @@ from diffusekit.models.embeddings import (
     GaussianFourierEmbedding,
     NoiseEmbedding,
     SinusoidalEmbedding,
+    VectorEmbedding,
 )
 from diffusekit.models.mlp import MLP
 from diffusekit.models.presets import (
@@ -24,6 +25,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "NoiseEmbedding",
     "ClassEmbedding",
+    "VectorEmbedding",
     "PRESET_NAMES",
     "unet_preset",
     "mlp_preset",

@@ -25,6 +25,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "NoiseEmbedding",
     "ClassEmbedding",
+    "VectorEmbedding",
     "prepare_c_noise",
 ]
 
@@ -166,3 +167,37 @@ class ClassEmbedding(nn.Module):
                     f"got range [{int(cond.min())}, {int(cond.max())}]"
                 )
         return self.table(cond)
+
+
+class VectorEmbedding(nn.Module):
+    """Embedding of a condition vector (B, cond_dim) with a learned null token for classifier-free guidance.
+
+    ``c -> W2 silu(W1 c)``; a row that is all NaN (``null_value``) or ``cond=None`` gets the null
+    token instead, so condition dropout (Ho & Salimans 2022, sec. 3.2) marks dropped rows with NaN
+    and one network is conditional and unconditional. A row with some but not all NaN is refused.
+    """
+
+    #: What marks a dropped condition (the "unconditional" input).
+    null_value = math.nan
+
+    def __init__(self, cond_dim: int, dim: int) -> None:
+        super().__init__()
+        if cond_dim < 1:
+            raise ValueError(f"cond_dim must be >= 1, got {cond_dim}")
+        self.cond_dim = cond_dim
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, cond: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """Embed conditions (B, cond_dim) (NaN rows: null) into (B, dim)."""
+        if cond is None:
+            return self.null.expand(batch, -1)
+        if not torch.is_floating_point(cond) or cond.shape != (batch, self.cond_dim):
+            raise ValueError(f"cond must be a floating tensor of shape ({batch}, {self.cond_dim}), "
+                             f"got {cond.dtype} {tuple(cond.shape)}")
+        nan = cond.isnan()
+        null = nan.all(1)
+        if bool((nan.any(1) & ~null).any()):
+            raise ValueError("a condition row is either all NaN (the null condition) or has no NaN")
+        emb = self.mlp(torch.where(null[:, None], torch.zeros_like(cond), cond).to(self.null.dtype))
+        return torch.where(null[:, None], self.null.to(emb.dtype), emb)

@@ -118,8 +118,10 @@ def unet_preset(name: str, in_channels: int, image_size: int, num_classes: int |
     return UNet(in_channels=in_channels, num_classes=num_classes, **cfg)
 
 
-def mlp_preset(name: str, dim: int, num_classes: int | None = None, **overrides: Any) -> MLP:
-    """Build the named MLP preset for vectors of size ``dim``; ``overrides`` go to :class:`MLP`."""
+def mlp_preset(name: str, dim: int, num_classes: int | None = None, cond_dim: int | None = None,
+               **overrides: Any) -> MLP:
+    """Build the named MLP preset for vectors of size ``dim`` (class labels ``num_classes`` or condition
+    vectors of size ``cond_dim``); ``overrides`` go to :class:`MLP`."""
     cfg = _check_name(name, MLP_PRESETS)
     cfg.update(overrides)
-    return MLP(dim=dim, num_classes=num_classes, **cfg)
+    return MLP(dim=dim, num_classes=num_classes, cond_dim=cond_dim, **cfg)

@@ -177,6 +177,8 @@ class UNet(nn.Module):
             ``"fourier"`` (Gaussian Fourier features, ``fourier_scale``; Song et al. 2021).
         head_channels: channels per attention head.
         max_groups: upper bound on GroupNorm groups (32 as in the papers).
+        learn_variance: 2 * out_channels outputs, the second half the reverse-variance
+            interpolation (Nichol & Dhariwal 2021, eq. 15), split by ``Denoiser.outputs``.
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class UNet(nn.Module):
         fourier_scale: float = 16.0,
         head_channels: int = 32,
         max_groups: int = 32,
+        learn_variance: bool = False,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -215,7 +218,8 @@ class UNet(nn.Module):
         if bad:
             raise ValueError(f"attention_levels {bad} out of range: levels are 0..{levels - 1}")
         self.in_channels = in_channels
-        self.out_channels = out_channels or in_channels
+        self.out_channels = (out_channels or in_channels) * (2 if learn_variance else 1)
+        self.learn_variance = learn_variance
         self.num_levels = levels
         self.num_classes = num_classes
         self.attention_levels = attention_levels

@@ -224,6 +224,29 @@ def karras(
     return _lambda_ramp(schedule, n_steps, t_end, to_zero, ramp, t_start=t_start)
 
 
+@GRIDS.register("uniform_angle")
+def uniform_angle(
+    schedule: NoiseSchedule, n_steps: int, *, t_end: float | None = None, t_start: float | None = None, to_zero: bool = True
+) -> Grid:
+    """Equal steps in the angle phi = atan(sigma / alpha), down to phi = 0 at the clean end: uniform t of
+    the cosine schedule (Nichol & Dhariwal 2021), the grid of progressive distillation (Salimans & Ho
+    2022, sec. 4 and Alg. 2). Nested: the grid of n steps is every other point of the grid of 2n steps.
+    Points below t_end are raised to it (only with hundreds of steps on schedules with a large t_min).
+    Without ``to_zero`` the n + 1 points run from phi(t_start) to phi(t_end) instead.
+    """
+    lo, hi = _span(schedule, t_end, t_start)
+    check_positive_int("n_steps", n_steps)
+    phi_hi, phi_lo = (float(torch.atan2(s, a)) for a, s in (schedule.alpha_sigma(torch.tensor(v, dtype=torch.float64))
+                                                          for v in (hi, lo)))
+    k = torch.arange(n_steps if to_zero else n_steps + 1, dtype=torch.float64)
+    phi = phi_hi * (1 - k / n_steps) if to_zero else phi_hi + k / n_steps * (phi_lo - phi_hi)
+    t = schedule.t_of_log_snr(-torch.log(torch.tan(phi))).clamp(lo, hi)
+    t[0] = hi
+    if not to_zero:
+        t[-1] = lo
+    return Grid.from_times(schedule, t, to_zero)
+
+
 def gaussian_lam_end(n_steps: int) -> float:
     """Default last log-SNR of ``gaussian_lambda`` (``GAUSSIAN_LAM_END``): 0.75 (sigma / alpha ~
     0.47) up to 6 steps, then 0.1 higher per step (1.15 at 10, 2.15 at 20), so that with many

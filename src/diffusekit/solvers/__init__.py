@@ -9,6 +9,7 @@ calls is the library's default sampler (``solvers.default``; chosen in ``diffuse
 from .adaptive_ode import Dopri5
 from .ancestral import DDIM, DDPM
 from .base import SOLVERS, make_solver, register
+from .consistency import Consistency
 from ..tuned import DEFAULT_NFE, DEFAULT_SOLVER
 from .deis import DEIS
 from .default import UniPCLogSNR
@@ -29,7 +30,7 @@ from .constraints import ClipX0, DynamicThreshold, make_thresholding
 from .unipc import UniPC
 
 __all__ = [
-    "DDIM", "DDPM", "DEIS", "IPNDM", "LMS", "PC", "PLMS", "SOLVERS", "AnnealedLangevin", "ClipX0", "DPMSolver",
+    "Consistency", "DDIM", "DDPM", "DEIS", "IPNDM", "LMS", "PC", "PLMS", "SOLVERS", "AnnealedLangevin", "ClipX0", "DPMSolver",
     "DPMSolverAdaptive", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "DPMSolverPP3MSDE", "DPMSolverSDE",
     "Dopri5", "DynamicThreshold", "Euler", "EulerAncestral", "EulerMaruyama", "GaussianPC", "Heun", "LangevinCorrector",
     "ReverseDiffusion", "UniPC", "UniPCLogSNR", "DEFAULT_NFE", "DEFAULT_SOLVER", "make_solver", "make_thresholding",

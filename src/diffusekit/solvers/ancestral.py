@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..stepping import Solver, Step, StepContext
-from ..variances import ReverseVariance, make_variance, transition_var
+from ..variances import EtaVariance, ReverseVariance, check_eta, eta_var, make_variance, transition_var
 from .base import register
 
 
@@ -48,7 +47,7 @@ class DDPM(Solver):
     default_grid = "uniform_t"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "variance", make_variance(self.variance))
+        object.__setattr__(self, "variance", _rule_for_eta(make_variance(self.variance), 1.0, "ddpm"))
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
@@ -65,6 +64,9 @@ class DDIM(Solver):
     """DDIM, Song, Meng & Ermon 2021, eq. (12): x1 = alpha1 x0 + sqrt(sigma1^2 - s^2) eps + s z,
     with s = eta * sqrt(sigma_{0|1}^2 sigma1^2 / sigma0^2). eta = 0 is the first-order
     exponential integrator of the probability-flow ODE; eta = 1 is DDPM (small variance).
+    ``variance``: the variance of the added noise, by default s^2 itself (``EtaVariance``); a rule
+    made for this eta (Analytic-DPM's ``OptimalVariance(eta=...)``, SN/NPR heads) keeps the mean
+    and replaces s^2 (Bao et al. 2022a, eq. 9), e.g. the Analytic-DDIM of eta = 0.
 
     Default grid ``tuned_warp`` rather than the paper's uniform t: uniform t makes the last
     model call at t ~ 1/N and jumps to x0 from there, which collapses sharp modes (on the
@@ -72,29 +74,39 @@ class DDIM(Solver):
     """
 
     eta: float = 0.0
+    variance: str | ReverseVariance | None = None
     name = "ddim"
     order = 1
     per_sample_times = True
     default_grid = "tuned_warp"
 
     def __post_init__(self) -> None:
-        if not self.eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        check_eta(self.eta)
+        rule = EtaVariance(self.eta) if self.variance is None else make_variance(self.variance)
+        object.__setattr__(self, "variance", _rule_for_eta(rule, self.eta, "ddim"))
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
-        return self.eta > 0
+        return self.eta > 0 or not isinstance(self.variance, EtaVariance)
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         pred = ctx.model(x, step.t0)
         if step.to_zero:
             return pred.x0, state
         step = step.like(x)
-        if self.eta == 0:
+        if not self.stochastic:
             return step.alpha1 * pred.x0 + step.sigma1 * pred.eps, state
-        s2 = self.eta**2 * transition_var(step) * step.sigma1**2 / step.sigma0**2
-        s2 = torch.minimum(s2, step.sigma1**2) if isinstance(s2, Tensor) else min(s2, step.sigma1**2)
-        out = step.alpha1 * pred.x0 + (step.sigma1**2 - s2) ** 0.5 * pred.eps
-        if not isinstance(s2, Tensor) and s2 <= 0:  # no noise drawn where none is added
+        out = step.alpha1 * pred.x0 + (step.sigma1**2 - eta_var(step, self.eta)) ** 0.5 * pred.eps
+        var = self.variance(pred, step)  # type: ignore[operator]
+        if not isinstance(var, Tensor) and var <= 0:  # no noise drawn where none is added
             return out, state
-        return out + s2**0.5 * ctx.noise(), state
+        return out + var**0.5 * ctx.noise(), state
+
+
+def _rule_for_eta(rule: ReverseVariance, eta: float, solver: str) -> ReverseVariance:
+    """``rule``, refused when it was made for another eta (rules without ``eta`` are DDPM's, eta = 1)."""
+    made_for = getattr(rule, "eta", 1.0)
+    if made_for != eta:
+        raise ValueError(f"{solver} with eta={eta:g} needs a variance made for eta={eta:g}; "
+                         f"{rule.name!r} was made for eta={made_for:g}")
+    return rule

@@ -149,11 +149,17 @@ class Heun(_ChurnMixin, Solver):
             return True
         return (sigma0 * alpha1) / (alpha0 * sigma1) > self.max_ratio
 
+    @property
+    def per_sample_times(self) -> bool:  # type: ignore[override]
+        return self.S_churn == 0  # churn raises one shared noise level
+
     def nfe(self, grid: Grid) -> int:
         a, s = grid.alpha.tolist(), grid.sigma.tolist()
         return sum(1 if self._euler_only(a[i], s[i], a[i + 1], s[i + 1]) else 2 for i in range(grid.n_steps))
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
+        if isinstance(step.alpha0, Tensor):
+            return self._per_sample_step(ctx, x, step), state
         euler_only = self._euler_only(step.alpha0, step.sigma0, step.alpha1, step.sigma1)
         x, step = self._churn(ctx, x, step)
         pred = ctx.model(x, step.t0)
@@ -164,6 +170,21 @@ class Heun(_ChurnMixin, Solver):
         half = 0.5 * (step.sigma1 - step.alpha1 * step.sigma0 / step.alpha0)  # alpha1 (s1 - s0) / 2
         correction = half * (pred1.eps - pred.eps)
         return x1 + correction, state
+
+    def _per_sample_step(self, ctx: StepContext, x: Tensor, step: Step) -> Tensor:
+        """The step with one time per sample (a teacher step in distillation): the Heun correction
+        where ``_euler_only`` fails for that sample, Euler elsewhere; two calls if any sample needs both."""
+        pred = ctx.model(x, step.t0)
+        x1 = euler_update(step, pred)
+        a0, s0, a1, s1 = step.alpha0, step.sigma0, step.alpha1, step.sigma1
+        heun = (s1 > 0) & (a0 > 0) & (a1 > 0) & (s0 * a1 <= self.max_ratio * a0 * s1)  # type: ignore[operator]
+        if not bool(heun.any()):
+            return x1
+        pred1 = ctx.model(x1, torch.where(heun, step.t1, step.t0))  # type: ignore[arg-type]
+        st = step.like(x)
+        half = 0.5 * (st.sigma1 - st.alpha1 * st.sigma0 / st.alpha0)  # type: ignore[operator]
+        mask = heun.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.where(mask, x1 + half * (pred1.eps - pred.eps), x1)
 
 
 @register
