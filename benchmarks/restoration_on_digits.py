@@ -7,6 +7,8 @@ digits, so these were seen in training) with the zero-shot methods of ``diffusek
 digits classifier (trained on the other part) on the restored images, the model calls per image and
 the wall time. Baselines: mean fill (the training mean at the hidden pixels), nearest and bicubic
 upsampling, and the Wiener filter with the training set's power spectrum (the MMSE linear estimate).
+``--sr3 RUN`` adds the 2x row of an SR3 model (trained with data.condition = "lowres:2"), which sees
+the same low-resolution digits as its condition.
 
     PYTHONPATH=src python benchmarks/restoration_on_digits.py --run runs/digits --threads 1
 """
@@ -26,7 +28,7 @@ from torch import Tensor
 from diffusekit.config import PRESETS
 from diffusekit.metrics.classifier import classifier_features, load_digits_split
 from diffusekit.metrics.restoration import psnr, ssim
-from diffusekit.pipeline import load_run, train_run
+from diffusekit.pipeline import load_run, lowres_condition, sample_denoiser, train_run
 from diffusekit.tasks import AvgPool, GaussianBlur, LinearOperator, Mask
 from diffusekit.tasks.commands import parse_mask
 from diffusekit.tasks.restore import restore
@@ -75,6 +77,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="test digits")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tasks", default=None, help="run only the tasks whose name contains this text")
+    ap.add_argument("--methods", default=None, help="comma list: run only these diffusion methods (e.g. none)")
+    ap.add_argument("--sr3", default=None, help="an SR3 run (data.condition = \"lowres:2\"): adds its 2x row")
+    ap.add_argument("--out", default="restoration_on_digits.json", help="file name under benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not (Path(args.run) / "checkpoints").is_dir():
@@ -92,21 +98,33 @@ def main() -> None:
 
     rows = [{"task": "(truth)", "method": "-", "nfe": 0, "seconds": 0.0, **score(x)}]
     g = torch.Generator().manual_seed(0)
+    sr3 = load_run(args.sr3) if args.sr3 else None
     for name, (op, s, baselines, methods) in tasks(split.train_images).items():
+        if args.tasks and args.tasks not in name:
+            continue
         y = op(x)
         y = y + s * torch.randn(y.shape, generator=g)
         for b, fn in baselines.items():
             t = time.time()
             rows.append({"task": name, "method": b, "nfe": 0, "seconds": time.time() - t, **score(fn(y))})
+        methods = tuple(m for m in methods if args.methods is None or m in args.methods.split(","))
         for m in methods:
             t = time.time()
             sol = restore(run.denoiser, op, y, (1, 8, 8), method=m, steps=args.steps, noise_std=s)
             rows.append({"task": name, "method": m, "nfe": sol.nfe, "seconds": time.time() - t, **score(sol.x)})
-        for r in rows[-len(baselines) - len(methods):]:
+        shown = len(baselines) + len(methods)
+        if sr3 is not None and name == "super-resolution 2x":
+            t = time.time()
+            sol = sample_denoiser(sr3.denoiser, sr3.info, sr3.config.sampling.solver, sr3.config.sampling.nfe, x.shape[0],
+                                  cond=lowres_condition(x, 2))
+            rows.append({"task": name, "method": f"SR3 ({sr3.config.sampling.solver})", "nfe": sol.nfe,
+                         "seconds": time.time() - t, **score(sol.x)})
+            shown += 1
+        for r in rows[-shown:]:
             print(f"{r['task']:<28} {r['method']:<10} NFE {r['nfe']:>4}  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.3f}  "
                   f"acc {r['accuracy']:.3f}  {r['seconds']:6.1f} s", flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "restoration_on_digits.json").write_text(json.dumps({"n": args.n, "steps": args.steps, "rows": rows},
+    (RESULTS / args.out).write_text(json.dumps({"n": args.n, "steps": args.steps, "rows": rows},
                                                                    indent=2) + "\n")
     print(f"\n{args.n} held-out digits, {args.steps} DDPM steps (log-SNR grid), {args.threads} thread(s)\n")
     print("| task | method | NFE | PSNR (dB) | SSIM | classifier accuracy | time (s) |")

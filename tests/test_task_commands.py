@@ -92,3 +92,30 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny: tuple[Path, np.ndarray],
     code, text = run(*[a.format(run=root / "run", x=root / "x.npy", root=root) for a in args])
     assert code == 2 and message in text and text.count("\n") == 1, text
     assert set(root.rglob("*")) == before
+
+
+def test_sr3_run_trains_on_the_low_res_condition_and_superres_samples_it(tiny: tuple[Path, np.ndarray]) -> None:
+    import torch
+
+    from diffusekit.config import PRESETS
+    from diffusekit.pipeline import load_run, lowres_condition, prepare_run
+
+    root, x = tiny
+    cfg = PRESETS["digits"].with_overrides(["steps=2", 'data.condition="lowres:2"'])
+    prepared = prepare_run(cfg, root / "sr3-check", progress=False)
+    xb, cond = prepared.loader.batch(0, 0)
+    torch.testing.assert_close(cond, lowres_condition(xb, 2))  # each image with its own pooled copy
+    code, text = run("train", "digits", "--set", "steps=2", "--set", 'data.condition="lowres:2"', "--out",
+                     str(root / "sr3"), "--quiet")
+    assert code == 0, text
+    net = load_run(root / "sr3").denoiser.net
+    t = torch.zeros(2)
+    a = torch.from_numpy(x[:2])
+    assert not torch.allclose(net(a, t, lowres_condition(a, 2)), net(a, t, torch.zeros_like(a)))  # the condition is used
+    np.save(root / "low.npy", lowres_condition(a, 2)[:, :, ::2, ::2].numpy())
+    code, text = run("superres", str(root / "sr3"), str(root / "low.npy"), "--out", str(root / "sr3.npy"))
+    assert code == 0 and "SR3" in text and np.load(root / "sr3.npy").shape == (2, 1, 8, 8), text
+    code, text = run("superres", str(root / "sr3"), str(root / "low.npy"), "--factor", "4")
+    assert code == 2 and "trained for factor 2" in text
+    code, text = run("train", "digits", "--set", 'data.condition="lowres:3"', "--out", str(root / "bad"), "--quiet")
+    assert code == 2 and "divisible by 3" in text

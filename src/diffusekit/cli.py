@@ -578,9 +578,11 @@ def inpaint(run_dir: str, input_path: str, method: str, steps: int, seed: int, o
 
 @main.command()
 @_task_options("pigdm", 50)
-@click.option("--factor", type=click.IntRange(min=2), default=2, show_default=True, help="upsampling factor")
-def superres(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None, factor: int) -> None:
-    """Super-resolve low-resolution images (the run's size / --factor) as average-pooling inversion."""
+@click.option("--factor", type=click.IntRange(min=2), default=None, help="upsampling factor (default 2, or an SR3 run's)")
+def superres(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None,
+             factor: int | None) -> None:
+    """Super-resolve low-resolution images (the run's size / --factor): an SR3 run (data.condition = "lowres:K")
+    samples its conditional model; any other run solves the average-pooling inverse problem with --method."""
     from .tasks.commands import superres as body
 
     _task(lambda: body(run_dir, input_path, out, factor=factor, method=method, steps=steps, seed=seed))

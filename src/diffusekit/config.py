@@ -28,8 +28,10 @@ from .tuned import DEFAULT_NFE, DEFAULT_SOLVER
 class DataConfig:
     """Which data set and how to batch it (``name``: digits, fashion, mnist5k, a toy, a folder or .npy/.npz);
     ``labels``: feed the data's class labels to the network (a class-conditional model); ``condition``:
-    ``vector`` feeds the data's condition vectors instead (e.g. ``shifted_mixture``; MLP only). ``batch_size``
-    is the global batch of one optimiser step, whatever the number of processes and ``optim.accumulate``."""
+    ``vector`` feeds the data's condition vectors instead (e.g. ``shifted_mixture``; MLP only); ``lowres:K``
+    trains an SR3 super-resolution model on each image's K x K average-pooled copy, upsampled back (Saharia
+    et al. 2022). ``batch_size`` is the global batch of one optimiser step, whatever the number of processes
+    and ``optim.accumulate``."""
 
     name: str = "digits"
     labels: bool = False
@@ -242,7 +244,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": _name(), "data.labels": _FLAG, "data.batch_size": _integer(1), "data.flip": _FLAG,
     "data.image_size": _integer(1, none=True), "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool),
                                                                  "1 or 3 (or left out)"),
-    "data.num_samples": _integer(1), "data.condition": _one_of("none", "vector"),
+    "data.num_samples": _integer(1),
+    "data.condition": ((lambda v: v in ("none", "vector") or (isinstance(v, str) and v.startswith("lowres:")
+                                                              and v[7:].isdigit() and int(v[7:]) >= 2)),
+                       "none, vector or lowres:K with an integer factor K >= 2"),
     "model.kind": _one_of("unet", "mlp"), "model.preset": _name(), "model.learn_variance": _FLAG,
     "diffusion.schedule": _name(), "diffusion.parameterization": _name(), "diffusion.time_sampling": _name(),
     "diffusion.weighting": _name(), "diffusion.p_uncond": _number(0.0, 1.0, lo_open=False),

@@ -185,6 +185,19 @@ def load_training_data(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
     return load_dataset(d.name, **kwargs)
 
 
+def lowres_factor(cfg: RunConfig) -> int | None:
+    """K of ``data.condition = "lowres:K"`` (an SR3 super-resolution run), else None."""
+    return int(cfg.data.condition.split(":")[1]) if cfg.data.condition.startswith("lowres:") else None
+
+
+def lowres_condition(x: Tensor, factor: int) -> Tensor:
+    """SR3's conditioning image: x average-pooled by ``factor`` and upsampled back (nearest)."""
+    from .tasks.operators import AvgPool
+
+    pool = AvgPool(factor)
+    return pool.pinv(pool(x))
+
+
 def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
     num_classes = info.num_classes if cfg.data.labels else None
     if cfg.model.kind == "unet":
@@ -193,7 +206,9 @@ def build_network(cfg: RunConfig, info: RunInfo) -> nn.Module:
         if len(info.data_shape) != 3:
             raise ValueError(f"the unet model needs image data (C, H, W), got shape {info.data_shape}; use model.kind=mlp")
         c, h, _ = info.data_shape
-        return unet_preset(cfg.model.preset, c, h, num_classes=num_classes, learn_variance=cfg.model.learn_variance)
+        cond_channels = c if lowres_factor(cfg) else 0
+        return unet_preset(cfg.model.preset, c, h, num_classes=num_classes, learn_variance=cfg.model.learn_variance,
+                           cond_channels=cond_channels)
     if cfg.model.kind == "mlp":
         dim = int(torch.tensor(info.data_shape).prod())
         if len(info.data_shape) != 1:
@@ -262,12 +277,17 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
     torch.manual_seed(cfg.seed)
     x, y = load_training_data(cfg)
     vector = cfg.data.condition == "vector"
+    factor = lowres_factor(cfg)
     if vector and (cfg.data.labels or y is None or not y.is_floating_point() or y.ndim != 2):
         raise ValueError("data.condition = vector needs condition vectors, one float row per item, and data.labels = "
                          f"false; got {cfg.data.name} with data.labels = {str(cfg.data.labels).lower()}; allowed data: "
                          f"{', '.join(CONDITIONAL_TOY_NAMES)}")
-    if y is not None and y.is_floating_point() and not vector:
-        y = None  # condition vectors, unused
+    if factor is not None and (cfg.data.labels or cfg.data.flip or cfg.model.kind != "unet" or x.ndim != 4
+                               or x.shape[-1] % factor or x.shape[-2] % factor):
+        raise ValueError(f"data.condition = {cfg.data.condition!r} needs a unet on images whose size is divisible by "
+                         f"{factor}, data.labels = false and data.flip = false; got data of shape {tuple(x.shape[1:])}")
+    if y is not None and ((y.is_floating_point() and not vector) or factor is not None):
+        y = None  # condition vectors, unused; an SR3 run's condition is computed from x below
     if cfg.data.labels and y is None:
         raise ValueError(f"data.labels = true needs class labels, but {cfg.data.name} has none; allowed: digits, fashion, "
                          "mnist5k, mnist, a folder of class sub-folders, an .npz with \"y\", a .csv with a \"label\" column")
@@ -277,7 +297,8 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = True, pro
         raise ValueError(f"{run} was trained on data of shape {old_info.data_shape} with {old_info.num_classes} classes; "
                          f"{cfg.data.name} gives {info.data_shape} with {info.num_classes}; choose another --out")
     denoiser = build_denoiser(cfg, info).to(world.device)
-    loader = ArrayLoader(x, y if cfg.data.labels or vector else None, batch_size=cfg.data.batch_size, seed=cfg.seed,
+    cond = lowres_condition(x, factor) if factor is not None else (y if cfg.data.labels or vector else None)
+    loader = ArrayLoader(x, cond, batch_size=cfg.data.batch_size, seed=cfg.seed,
                          flip=cfg.data.flip, rank=world.rank, world_size=world.size)
     loss = make_loss(cfg, info, x)  # label dropout with the null label num_classes (Ho & Salimans 2022, Algorithm 1)
     oc = cfg.optim

@@ -57,12 +57,12 @@ class ArrayLoader:
         self.data = torch.as_tensor(data)
         self.labels = None if labels is None else torch.as_tensor(labels)
         if self.labels is not None and not self.labels.is_floating_point():
-            self.labels = self.labels.long()  # class labels; floating rows are condition vectors
+            self.labels = self.labels.long()  # class labels; floating rows are condition vectors or images
         n = self.data.shape[0] if self.data.ndim else 0
         if n == 0:
             raise ValueError("ArrayLoader needs at least one sample, got an empty array")
         if self.labels is not None and self.labels.shape[:1] != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
+            raise ValueError(f"labels must have shape ({n}, ...), got {tuple(self.labels.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:

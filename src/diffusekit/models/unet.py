@@ -170,6 +170,8 @@ class UNet(nn.Module):
         dropout: dropout rate inside ResBlocks.
         num_classes: if set, class-conditional with a null label ``num_classes``
             for classifier-free guidance (``cond=None`` -> null label).
+        cond_channels: if > 0, ``cond`` is an image (B, cond_channels, H, W) concatenated to the
+            input channels (SR3, Saharia et al. 2022, sec. 2.3: x_t next to the upsampled low-res image).
         emb_dim: embedding width (default ``4 * base_channels``).
         embedding: ``"sinusoidal"`` (``max_period``, ``time_scale``) or
             ``"fourier"`` (Gaussian Fourier features, ``fourier_scale``; Song et al. 2021).
@@ -190,6 +192,7 @@ class UNet(nn.Module):
         mid_attention: bool = True,
         dropout: float = 0.0,
         num_classes: int | None = None,
+        cond_channels: int = 0,
         emb_dim: int | None = None,
         embedding: EmbeddingKind = "sinusoidal",
         max_period: float = 10000.0,
@@ -238,7 +241,11 @@ class UNet(nn.Module):
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(c, head_channels, max_groups)
 
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        if cond_channels < 0 or (cond_channels and num_classes is not None):
+            raise ValueError(f"cond_channels must be >= 0 and needs num_classes=None, got {cond_channels} with "
+                             f"num_classes={num_classes}")
+        self.cond_channels = cond_channels
+        self.conv_in = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_chs = [base_channels]
         ch = base_channels
@@ -285,6 +292,12 @@ class UNet(nn.Module):
         emb = self.time_embed(prepare_c_noise(c_noise, b, x.device))
         if self.class_embed is not None:
             emb = emb + self.class_embed(cond, b, x.device)
+        elif self.cond_channels:
+            if not isinstance(cond, Tensor) or cond.shape != (b, self.cond_channels, h, w):
+                got = tuple(cond.shape) if isinstance(cond, Tensor) else cond
+                raise ValueError(f"this UNet is conditioned on an image of shape ({b}, {self.cond_channels}, {h}, {w}) "
+                                 f"(e.g. the upsampled low-resolution input), got {got}")
+            x = torch.cat([x, cond.to(x.dtype)], 1)
         elif cond is not None:
             raise ValueError("cond was given but this UNet has num_classes=None")
         emb = F.silu(emb).to(x.dtype)

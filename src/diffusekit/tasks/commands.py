@@ -1,4 +1,4 @@
-"""The bodies of `diffusekit inpaint`, `superres`, `deblur` and `sdedit` (cli.py only registers them).
+"""The bodies of `diffusekit inpaint`, `superres` (zero-shot or SR3), `deblur` and `sdedit` (cli.py registers them).
 
 Each checks the run, the input, the task's settings and the output path before it computes or
 writes anything, and returns the one line the command prints.
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..pipeline import LoadedRun, load_run
+from ..pipeline import LoadedRun, load_run, lowres_factor, sample_denoiser
 from ..sample import grid_rule, steps_for_nfe
 from ..schedules.grids import make_grid
 from ..solvers import make_solver
@@ -72,17 +72,29 @@ def inpaint(run_dir: str, input_path: str, out: str | None, *, mask: str = "bott
                               jump_length=jump_length, resamples=resamples, seed=seed)
 
 
-def superres(run_dir: str, input_path: str, out: str | None, *, factor: int = 2, method: str = "pigdm",
+def superres(run_dir: str, input_path: str, out: str | None, *, factor: int | None = None, method: str = "pigdm",
              steps: int = 50, seed: int = 0) -> str:
-    """Upsample low-resolution inputs (the run's size / ``factor``) as the average-pooling inverse problem."""
+    """Upsample low-resolution inputs (the run's size / ``factor``, default 2): with an SR3 run
+    (``data.condition = "lowres:K"``) by its conditional model, else as the average-pooling inverse problem."""
     run, shape = _image_run(run_dir)
+    sr3 = lowres_factor(run.config)
+    if sr3 is not None and factor not in (None, sr3):
+        raise ValueError(f"--factor {factor}: {run_dir} is an SR3 run trained for factor {sr3}; allowed: {sr3}")
+    factor = factor or sr3 or 2
     if factor < 2 or shape[1] % factor or shape[2] % factor:
         raise ValueError(f"--factor {factor} must be at least 2 and divide the run's image size {shape[1]}x{shape[2]}")
     op = AvgPool(factor)
     y = read_images(input_path, shape[0], shape[1] // factor)
     paths = output_paths(out or Path(run_dir) / "superres.npy")
-    return _restore_and_write(run, shape, op, y, op.pinv(y), paths, f"{factor}x upsampled", method=method,
-                              steps=steps, seed=seed)
+    if sr3 is None:
+        return _restore_and_write(run, shape, op, y, op.pinv(y), paths, f"{factor}x upsampled", method=method,
+                                  steps=steps, seed=seed)
+    cond = op.pinv(y)  # the training condition: pooled, then upsampled (pipeline.lowres_condition)
+    sol = sample_denoiser(run.denoiser, run.info, run.config.sampling.solver, run.config.sampling.nfe, y.shape[0],
+                          seed=seed, cond=cond, progress=True)
+    write_result(*paths, cond, sol.x)
+    return (f"{factor}x upsampled {y.shape[0]} images with the SR3 model ({run.config.sampling.solver}, {sol.nfe} NFE) "
+            f"-> {paths[0]} (grid {paths[1]})")
 
 
 def deblur(run_dir: str, input_path: str, out: str | None, *, blur: float = 1.0, noise: float = 0.0,

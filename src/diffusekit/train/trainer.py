@@ -387,7 +387,8 @@ class Trainer:
         use_labels = self.config.use_labels
         if use_labels is None:
             use_labels = y is not None and (getattr(self.net, "num_classes", None) is not None
-                                            or getattr(self.net, "cond_dim", None) is not None)
+                                            or getattr(self.net, "cond_dim", None) is not None
+                                            or bool(getattr(self.net, "cond_channels", 0)))  # SR3's image condition
         cond = y.to(self.device, non_blocking=True) if use_labels and y is not None else None
         return x, cond
 
