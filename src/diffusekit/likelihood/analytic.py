@@ -94,7 +94,7 @@ def schedule_times(schedule: NoiseSchedule, n: int | None = None) -> Tensor:
     """The candidate times t_1 < ... < t_N: a ``DiscreteSchedule``'s knots n / N, or ``n`` even times."""
     if n is None:
         if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("give the number of times for a continuous-time schedule")
+            raise ValueError("give the number of steps (or times) for a continuous-time schedule")
         n = schedule.num_steps
         return torch.arange(1, n + 1, dtype=torch.float64) / n
     check_positive_int("n", n)

@@ -49,6 +49,7 @@ from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
 from ..stepping import Step
 from ..variances import ReverseVariance, eta_var, make_variance, posterior_var, transition_var
+from .analytic import schedule_times
 from .dequantize import log_normal_mass
 from ..utils import check_positive_int
 
@@ -153,16 +154,10 @@ def _grid(schedule: NoiseSchedule, steps: int | None, times: Tensor | None) -> T
             raise ValueError("times must be strictly increasing")
         schedule.validate_t(t)
         return t
-    if steps is None:
-        if not isinstance(schedule, DiscreteSchedule):
-            raise ValueError("give steps (or times) for a continuous-time schedule")
-        steps = schedule.num_steps
-        return torch.arange(1, steps + 1, dtype=torch.float64) / steps
-    check_positive_int("steps", steps)
-    if isinstance(schedule, DiscreteSchedule) and schedule.num_steps % steps == 0:
+    if steps is not None and isinstance(schedule, DiscreteSchedule) and schedule.num_steps % steps == 0:
         stride = schedule.num_steps // steps  # a respaced DDPM: every stride-th knot
         return torch.arange(1, steps + 1, dtype=torch.float64) * stride / schedule.num_steps
-    return torch.linspace(schedule.t_min, schedule.t_max, steps, dtype=torch.float64)
+    return schedule_times(schedule, steps)
 
 
 def _predict_x0(
