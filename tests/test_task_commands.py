@@ -119,3 +119,5 @@ def test_sr3_run_trains_on_the_low_res_condition_and_superres_samples_it(tiny: t
     assert code == 2 and "trained for factor 2" in text
     code, text = run("train", "digits", "--set", 'data.condition="lowres:3"', "--out", str(root / "bad"), "--quiet")
     assert code == 2 and "divisible by 3" in text
+    code, text = run("sample", str(root / "sr3"), "--nfe", "2")
+    assert code == 2 and "diffusekit superres" in text

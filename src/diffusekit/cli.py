@@ -234,6 +234,8 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
+        if run.config.data.condition.startswith("lowres:"):
+            raise ValueError(f"{run_dir} is an SR3 super-resolution run; allowed: diffusekit superres {run_dir} INPUT")
         run.denoiser.to(world.device)
         ancestral = variance is not None or trajectory is not None
         if ancestral and grid is not None:
