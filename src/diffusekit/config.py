@@ -306,12 +306,6 @@ PRESETS: dict[str, RunConfig] = {
     "digits": RunConfig(  # ~3 min on 2 CPU cores; batch 64 x 2,000 beat 128 x 1,000 (benchmarks/RESULTS.md)
         name="digits", steps=2000, data=DataConfig(batch_size=64), optim=OptimConfig(lr_schedule="cosine")
     ),
-    "rectified": RunConfig(  # rectified flow (Liu et al. 2022): linear path, velocity model; reflow with `distill`
-        name="rectified", steps=2000, data=DataConfig(batch_size=64),
-        diffusion=DiffusionConfig(schedule="flow", parameterization="velocity", time_sampling="uniform",
-                                  weighting="velocity"),
-        optim=OptimConfig(lr_schedule="cosine"),
-    ),
     "fashion": RunConfig(
         name="fashion",
         steps=30_000,
@@ -319,6 +313,12 @@ PRESETS: dict[str, RunConfig] = {
         data=DataConfig(name="fashion", batch_size=64),
         model=ModelConfig(kind="unet", preset="small"),
         optim=OptimConfig(lr=5e-4, warmup_steps=500, ema_half_life=2000.0),
+    ),
+    "rectified": RunConfig(  # rectified flow (Liu et al. 2022): linear path, velocity model; reflow with `distill`
+        name="rectified", steps=2000, data=DataConfig(batch_size=64),
+        diffusion=DiffusionConfig(schedule="flow", parameterization="velocity", time_sampling="uniform",
+                                  weighting="velocity"),
+        optim=OptimConfig(lr_schedule="cosine"),
     ),
 }
 
