@@ -59,7 +59,7 @@ def test_config_toml_round_trip_and_overrides(tmp_path: Path) -> None:
 
 def test_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
     code, text = run("train", "digitz")
-    assert code != 0 and "unknown preset 'digitz'; allowed: toy2d, digits, rectified, fashion" in text
+    assert code != 0 and "unknown preset 'digitz'; allowed: toy2d, digits, fashion, rectified" in text
     code, text = run("train", "digits", "--set", f"data.name={tmp_path / 'nothere'}", "--out", str(tmp_path / "r"))
     assert code != 0 and "not found" in text and len(text.strip().splitlines()) == 1
     mixed = tmp_path / "mixed" / "a"

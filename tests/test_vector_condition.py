@@ -68,7 +68,7 @@ def test_shifted_mixture_data_and_its_run_folder(tmp_path: Path) -> None:
         prepare_run(PRESETS["toy2d"].with_overrides(["data.condition=vector"]), tmp_path / "r2", progress=False)
     with pytest.raises(ValueError, match="data.condition = vector needs model.kind = mlp"):
         prepare_run(PRESETS["toy2d"].with_overrides([*VECTOR, "model.kind=unet"]), tmp_path / "r3", progress=False)
-    with pytest.raises(ValueError, match="data.condition must be one of none, vector, got 'image'"):
+    with pytest.raises(ValueError, match="data.condition must be none, vector or lowres:K with an integer factor K >= 2, got 'image'"):
         PRESETS["toy2d"].with_overrides(["data.condition=image"])
     assert not (tmp_path / "r2").exists()
 

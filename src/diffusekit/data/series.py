@@ -9,7 +9,6 @@ rates (T-bill rate, unemployment, inflation, real interest rate) as they are: 20
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 GROWTH_COLUMNS: tuple[str, ...] = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "pop")

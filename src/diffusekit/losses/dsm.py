@@ -96,6 +96,16 @@ def dsm_loss(
     return weighted_error(f, target, coeffs, t, schedule, weighting)
 
 
+def batch_rows(b: int, offset: int, global_batch: int | None) -> tuple[int, slice]:
+    """The global batch size and the slice of its rows that a batch of ``b`` rows at ``offset`` is
+    (one data-parallel shard or micro-batch; the whole batch when ``global_batch`` is None)."""
+    n = b if global_batch is None else global_batch
+    if not 0 <= offset <= n - b:
+        raise ValueError(f"rows {offset} to {offset + b} do not lie in a global batch of {n} rows; "
+                         f"allowed: 0 <= offset <= {n - b}")
+    return n, slice(offset, offset + b)
+
+
 def check_label_dropout(p: float) -> None:
     """A condition-dropout probability in [0, 1)."""
     if not 0.0 <= p < 1.0:
@@ -153,12 +163,7 @@ class DSMLoss:
         offset: int = 0, global_batch: int | None = None,
     ) -> LossOutput:
         schedule = denoiser.schedule
-        b = x0.shape[0]
-        n = b if global_batch is None else global_batch
-        if not 0 <= offset <= n - b:
-            raise ValueError(f"rows {offset} to {offset + b} do not lie in a global batch of {n} rows; "
-                             f"allowed: 0 <= offset <= {n - b}")
-        rows = slice(offset, offset + b)
+        n, rows = batch_rows(x0.shape[0], offset, global_batch)
         time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
         t = self.time(n, schedule, generator, x0.device, time_dtype)[rows]  # type: ignore[operator]
         noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]

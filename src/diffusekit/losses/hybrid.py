@@ -35,7 +35,7 @@ from ..likelihood.vlb import Transitions, decoder_nll, posterior_kl, transitions
 from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..utils import append_dims
-from .dsm import LossOutput, check_label_dropout, drop_labels, weighted_error
+from .dsm import LossOutput, batch_rows, check_label_dropout, drop_labels, weighted_error
 from .importance import ImportanceTimeSampler
 from .time_sampling import make_time_sampler
 from .weighting import Weighting, make_weighting
@@ -143,12 +143,7 @@ class HybridLoss:
         made whole, as ``DSMLoss`` (data-parallel ranks, gradient accumulation)."""
         schedule = denoiser.schedule
         table = step_transitions(schedule)
-        b = x0.shape[0]
-        n_rows = b if global_batch is None else global_batch
-        if not 0 <= offset <= n_rows - b:
-            raise ValueError(f"rows {offset} to {offset + b} do not lie in a global batch of {n_rows} rows; "
-                             f"allowed: 0 <= offset <= {n_rows - b}")
-        rows = slice(offset, offset + b)
+        n_rows, rows = batch_rows(x0.shape[0], offset, global_batch)
         sampler = self.importance or make_time_sampler("discrete")
         t = sampler(n_rows, schedule, generator, x0.device, torch.float64)[rows]
         noise = torch.randn((n_rows, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]

@@ -26,10 +26,10 @@ from ..stepping import Solver, Step, StepContext
 from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..utils import append_dims
+from ..tuned import NOISE_FORM_MAX_H
 from .base import register
 from .controllers import StepSizeController
 from .exponential import (
-    NOISE_FORM_MAX_H,
     Node,
     check_form,
     check_order,

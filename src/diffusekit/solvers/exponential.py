@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..parameterization import Prediction
 from ..stepping import Step
-from ..tuned import FINAL_STEPS_MAX_ORDER, NOISE_FORM_MAX_H, SHORT_GRID_STEPS
+from ..tuned import FINAL_STEPS_MAX_ORDER, SHORT_GRID_STEPS
 from .lagrange import lagrange_weights, unit_moments
 
 _SERIES_TERMS = 24

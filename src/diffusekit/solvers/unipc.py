@@ -28,7 +28,8 @@ from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..stepping import Solver, Step, StepContext
 from .base import register
-from .exponential import NOISE_FORM_MAX_H, Node, check_form, check_order, clean_end, ddim_limit, exp_moments
+from ..tuned import NOISE_FORM_MAX_H
+from .exponential import Node, check_form, check_order, clean_end, ddim_limit, exp_moments
 from .exponential import exp_weights, final_step_order, history_nodes, lincomb, lowered_order
 from .lagrange import lagrange_weights
 
