@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, load_array, load_image_folder, read_image, uint8_to_unit
+from .data.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, load_array, load_image_file, load_image_folder
 from .denoiser import DenoiserLike
 from .files import atomic_write
 from .image_grid import save_image_grid
@@ -40,7 +40,7 @@ def read_inputs(path: str | os.PathLike[str], size: int) -> Tensor:
 
         with Image.open(p) as probe:
             channels = 1 if probe.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-        return uint8_to_unit(read_image(p, size, channels)).permute(2, 0, 1)[None].contiguous()
+        return load_image_file(p, size, channels)
     if suffix in (".npy", ".npz"):
         x = load_array(p)[0]
         if x.ndim != 4 or x.shape[1] not in (1, 3) or tuple(x.shape[2:]) != (size, size):

@@ -288,26 +288,6 @@ def load_image_folder(
     return images, labels, class_names
 
 
-def _read_image(f: Path, size: int, mode: str) -> np.ndarray:
-    """One image file as uint8 (size, size, C) in ``mode`` (L or RGB): shorter side resized to ``size``
-    (bicubic), centre-cropped."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(f) as src:
-            im: Image.Image = src.convert(mode)
-            w, h = im.size
-            s = size / min(w, h)
-            nw, nh = max(size, round(w * s)), max(size, round(h * s))
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top_ = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top_, left + size, top_ + size))
-            return np.array(im, dtype=np.uint8).reshape(size, size, 1 if mode == "L" else 3)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {f}: {e}") from None
-
-
 def load_image_file(path: str | os.PathLike[str], size: int, channels: int) -> Tensor:
     """One image file as (1, channels, size, size) in [-1, 1], resized and cropped as :func:`load_image_folder`."""
     p = Path(path)
@@ -315,7 +295,7 @@ def load_image_file(path: str | os.PathLike[str], size: int, channels: int) -> T
         raise FileNotFoundError(f"image file not found: {p}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    return uint8_to_unit(_read_image(p, size, "L" if channels == 1 else "RGB")[None]).permute(0, 3, 1, 2).contiguous()
+    return uint8_to_unit(read_image(p, size, channels)[None]).permute(0, 3, 1, 2).contiguous()
 
 
 _DATA_KEYS: tuple[str, ...] = ("x", "images", "data")
