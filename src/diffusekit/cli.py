@@ -467,9 +467,10 @@ def colorize(run_dir: str, input_path: str, solver: str, nfe: int, resamples: in
              seed: int, out: str | None) -> None:
     """Colour greyscale images (a file, folder or .npy/.npz) with an RGB run; writes colorized.npz and grid.png."""
     from .colorize import colorize as run_colorize
-    from .colorize import read_inputs, write_colorized
+    from .colorize import write_colorized
     from .pipeline import load_run
     from .solvers import make_solver
+    from .tasks.files import read_images
 
     try:
         run = load_run(run_dir)
@@ -477,7 +478,7 @@ def colorize(run_dir: str, input_path: str, solver: str, nfe: int, resamples: in
         if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
             raise ValueError(f"colorize needs a run trained on square RGB images (3, H, H), this run has data {shape}")
         make_solver(solver)
-        images = read_inputs(input_path, shape[1])
+        images = read_images(input_path, None, shape[1])
         target = Path(out or Path(run_dir) / "colorize")
         if target.exists() and not target.is_dir():
             raise ValueError(f"--out {target} is a file; allowed: a folder")

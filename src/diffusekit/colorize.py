@@ -1,7 +1,7 @@
 """`diffusekit colorize`: colour greyscale images with a trained RGB run (``tasks.colorization``).
 
-The input (an image file, a folder of images, or a .npy/.npz array of (N, C, H, W) in [-1, 1])
-is reduced to its luminance g; the measurement y = g / |w| of the luminance channel is kept by
+The input (an image file, a folder of images, or a .npy/.npz array of (N, C, H, W) in [-1, 1], read by
+``tasks.files.read_images``) is reduced to its luminance g; the measurement y = g / |w| of the luminance channel is kept by
 ``Replacement`` (or RePaint's resampling) on any solver, so every result has luminance g exactly
 (up to float rounding) and colours drawn from the model.
 """
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, load_array, load_image_file, load_image_folder
 from .denoiser import DenoiserLike
 from .files import atomic_write
 from .image_grid import save_image_grid
@@ -25,29 +24,6 @@ from .schedules import make_grid
 from .solvers import make_solver
 from .tasks.colorization import Greyscale
 from .tasks.inpainting import Replacement, repaint_grid
-
-
-def read_inputs(path: str | os.PathLike[str], size: int) -> Tensor:
-    """Images (N, C, size, size) in [-1, 1], C = 1 or 3, from an image file, a folder or a .npy/.npz array."""
-    p = Path(path)
-    if p.is_dir():
-        return load_image_folder(p, size)[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"input not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
-        from PIL import Image
-
-        with Image.open(p) as probe:
-            channels = 1 if probe.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-        return load_image_file(p, size, channels)
-    if suffix in (".npy", ".npz"):
-        x = load_array(p)[0]
-        if x.ndim != 4 or x.shape[1] not in (1, 3) or tuple(x.shape[2:]) != (size, size):
-            raise ValueError(f"{p}: need images (N, 1 or 3, {size}, {size}) in [-1, 1], got shape {tuple(x.shape)}")
-        return x
-    allowed = ", ".join([*IMAGE_EXTENSIONS, *(e for e in ARRAY_EXTENSIONS if e != ".csv")])
-    raise ValueError(f"input {p}: unsupported file type {suffix or '(none)'!r}; allowed: {allowed} or a folder of images")
 
 
 class Colorized(NamedTuple):
