@@ -1,8 +1,8 @@
 """`diffusekit colorize`: colour greyscale images with a trained RGB run (``tasks.colorization``).
 
 The input (an image file, a folder of images, or a .npy/.npz array of (N, C, H, W) in [-1, 1], read by
-``tasks.files.read_images``) is reduced to its luminance g; the measurement y = g / |w| of the luminance channel is kept by
-``Replacement`` (or RePaint's resampling) on any solver, so every result has luminance g exactly
+``tasks.files.read_images``) is reduced to its luminance g; the measurement y = g / |w| of the luminance
+channel is kept by ``Replacement`` (or RePaint's resampling) on any solver, so every result has luminance g exactly
 (up to float rounding) and colours drawn from the model.
 """
 
