@@ -227,14 +227,14 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
     from .files import atomic_write
     from .image_grid import save_image_grid
     from .cli_guidance import guided_from_options, vector_condition
-    from .pipeline import class_count, load_run, sample_denoiser
+    from .pipeline import class_count, load_run, lowres_factor, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
-        if run.config.data.condition.startswith("lowres:"):
+        if lowres_factor(run.config) is not None:
             raise ValueError(f"{run_dir} is an SR3 super-resolution run; allowed: diffusekit superres {run_dir} INPUT")
         run.denoiser.to(world.device)
         ancestral = variance is not None or trajectory is not None
