@@ -78,3 +78,24 @@ def write_colorized(result: Colorized, out_dir: str | os.PathLike[str], truth: T
     labels = ["grey", "colour"] + (["input"] if truth is not None else [])
     grid = save_image_grid(torch.cat(rows), out / "grid.png", nrow=x.shape[0], scale=4, row_labels=labels)
     return npz, grid
+
+
+def colorize_command(run_dir: str, input_path: str, out: str | None, *, solver: str = "ddpm", nfe: int = 100,
+                     resamples: int = 1, jump_length: int = 10, weights: str = "mean", seed: int = 0) -> str:
+    """The body of `diffusekit colorize`: checks the run, input and output, colours, writes; returns the line to print."""
+    from .pipeline import load_run
+    from .tasks.files import read_images
+
+    run = load_run(run_dir)
+    shape = run.info.data_shape
+    if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+        raise ValueError(f"colorize needs a run trained on square RGB images (3, H, H), this run has data {shape}")
+    make_solver(solver)
+    images = read_images(input_path, None, shape[1])
+    target = Path(out or Path(run_dir) / "colorize")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target} is a file; allowed: a folder")
+    result = colorize(run.denoiser, images, solver=solver, nfe=nfe, resamples=resamples, jump_length=jump_length,
+                      weights=weights, seed=seed, progress=True)
+    npz, grid = write_colorized(result, target, images if images.shape[1] == 3 else None)
+    return f"{images.shape[0]} image(s) colorized with {solver} ({result.nfe} NFE) -> {npz}, {grid}"
