@@ -556,7 +556,8 @@ def inpaint(run_dir: str, input_path: str, method: str, steps: int, seed: int, o
 def superres(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None,
              factor: int | None) -> None:
     """Super-resolve low-resolution images (the run's size / --factor): an SR3 run (data.condition = "lowres:K")
-    samples its conditional model; any other run solves the average-pooling inverse problem with --method."""
+    samples its conditional model with the run's own solver and NFE (--method and --steps do not apply); any other
+    run solves the average-pooling inverse problem with --method."""
     from .tasks.commands import superres as body
 
     _task(lambda: body(run_dir, input_path, out, factor=factor, method=method, steps=steps, seed=seed))
