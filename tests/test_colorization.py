@@ -117,7 +117,7 @@ def test_colorize_cli_bad_input(rgb_run: Path, tmp_path: Path) -> None:
     assert code == 2 and "unsupported file type '.txt'; allowed: .png" in text
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4, 4), np.float32))
     code, text = cli("colorize", run_dir, str(tmp_path / "bad.npy"))
-    assert code == 2 and "need images (N, 1 or 3, 8, 8)" in text
+    assert code == 2 and "shape (3, 4, 4); allowed: (1 or 3, 8, 8)" in text
     code, text = cli("colorize", run_dir, str(rgb_run / "data.npy"), "--solver", "nope")
     assert code == 2 and "nope" in text
     code, text = cli("colorize", run_dir, str(rgb_run / "data.npy"), "--nfe", "4", "--resamples", "3", "--jump", "9")

@@ -227,14 +227,14 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
     from .files import atomic_write
     from .image_grid import save_image_grid
     from .cli_guidance import guided_from_options, vector_condition
-    from .pipeline import class_count, load_run, sample_denoiser
+    from .pipeline import class_count, load_run, lowres_factor, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
 
     try:
         opts = _key_values(options, "--option")
         run = load_run(run_dir)
-        if run.config.data.condition.startswith("lowres:"):
+        if lowres_factor(run.config) is not None:
             raise ValueError(f"{run_dir} is an SR3 super-resolution run; allowed: diffusekit superres {run_dir} INPUT")
         run.denoiser.to(world.device)
         ancestral = variance is not None or trajectory is not None
@@ -466,27 +466,10 @@ def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | No
 def colorize(run_dir: str, input_path: str, solver: str, nfe: int, resamples: int, jump_length: int, weights: str,
              seed: int, out: str | None) -> None:
     """Colour greyscale images (a file, folder or .npy/.npz) with an RGB run; writes colorized.npz and grid.png."""
-    from .colorize import colorize as run_colorize
-    from .colorize import read_inputs, write_colorized
-    from .pipeline import load_run
-    from .solvers import make_solver
+    from .colorize import colorize_command
 
-    try:
-        run = load_run(run_dir)
-        shape = run.info.data_shape
-        if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
-            raise ValueError(f"colorize needs a run trained on square RGB images (3, H, H), this run has data {shape}")
-        make_solver(solver)
-        images = read_inputs(input_path, shape[1])
-        target = Path(out or Path(run_dir) / "colorize")
-        if target.exists() and not target.is_dir():
-            raise ValueError(f"--out {target} is a file; allowed: a folder")
-        result = run_colorize(run.denoiser, images, solver=solver, nfe=nfe, resamples=resamples,
-                              jump_length=jump_length, weights=weights, seed=seed, progress=True)
-    except _INPUT_ERRORS as e:
-        _refuse(e)
-    npz, grid = write_colorized(result, target, images if images.shape[1] == 3 else None)
-    click.echo(f"{images.shape[0]} image(s) colorized with {solver} ({result.nfe} NFE) -> {npz}, {grid}")
+    _task(lambda: colorize_command(run_dir, input_path, out, solver=solver, nfe=nfe, resamples=resamples,
+                                   jump_length=jump_length, weights=weights, seed=seed))
 
 
 @main.command("train-imputer")
@@ -518,25 +501,14 @@ def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int 
 @click.option("--out", default=None, help="output CSV (default INPUT-imputed.csv)")
 def impute(run_dir: str, input_path: str, samples: int, solver: str, nfe: int, seed: int, out: str | None) -> None:
     """Impute the blank cells of a CSV (blank rows at the end: a forecast); writes medians and quantile columns."""
-    from .impute import impute_table, load_imputer, read_table, table_values, write_imputed
-    from .solvers import make_solver
+    from .impute import impute_command
 
-    try:
-        den, spec = load_imputer(run_dir)
-        make_solver(solver)
-        header, rows = read_table(input_path)
-        table = table_values(header, rows, spec.columns, input_path)
-        target = Path(out) if out is not None else Path(input_path).with_name(Path(input_path).stem + "-imputed.csv")
-        if target.suffix.lower() != ".csv" or target.is_dir():
-            raise ValueError(f"--out {target}: allowed a file name ending in .csv")
-        draws = impute_table(den, spec, table, samples, solver=solver, nfe=nfe, seed=seed)
-    except _INPUT_ERRORS as e:
-        _refuse(e)
-    write_imputed(target, header, rows, spec.columns, draws)
-    click.echo(f"{int(table.isnan().sum())} cells imputed with {samples} draws each ({solver}, {nfe} NFE) -> {target}")
+    _task(lambda: impute_command(run_dir, input_path, out, samples=samples, solver=solver, nfe=nfe, seed=seed))
+
 
 # ---- inverse problems and editing (bodies in diffusekit.tasks.commands) -------------------------
 def _task(action: Any) -> None:
+    """Run a command body that returns its output line; input errors exit 2 with one line."""
     try:
         message = action()
     except _INPUT_ERRORS as e:
@@ -584,7 +556,8 @@ def inpaint(run_dir: str, input_path: str, method: str, steps: int, seed: int, o
 def superres(run_dir: str, input_path: str, method: str, steps: int, seed: int, out: str | None,
              factor: int | None) -> None:
     """Super-resolve low-resolution images (the run's size / --factor): an SR3 run (data.condition = "lowres:K")
-    samples its conditional model; any other run solves the average-pooling inverse problem with --method."""
+    samples its conditional model with the run's own solver and NFE (--method and --steps do not apply); any other
+    run solves the average-pooling inverse problem with --method."""
     from .tasks.commands import superres as body
 
     _task(lambda: body(run_dir, input_path, out, factor=factor, method=method, steps=steps, seed=seed))

@@ -22,13 +22,11 @@ def train_classifier_command(run_dir: str, *, steps: int, width: int, depth: int
     """Train the noise-aware classifier of a run; returns the line to print."""
     import torch
 
-    from .pipeline import load_run, load_training_data
     from .train.classifier import accuracy_at, train_classifier
 
     model, trainer, folder = train_classifier(run_dir, steps=steps, width=width, depth=depth, batch_size=batch,
                                               lr=lr, time=time, out=out, progress=not quiet)
-    x, y = load_training_data(load_run(run_dir).config)
-    assert y is not None  # train_classifier refused data without labels
+    x, y = trainer.data.data, trainer.data.labels  # the classifier's training data (its ArrayLoader's), not reloaded
     sch = model.schedule
     clean = accuracy_at(model, x, y, sch.t_min)
     noisy = accuracy_at(model, x, y, float(sch.t_of_log_snr(torch.tensor(0.0, dtype=torch.float64))))

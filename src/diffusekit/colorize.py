@@ -1,8 +1,8 @@
 """`diffusekit colorize`: colour greyscale images with a trained RGB run (``tasks.colorization``).
 
-The input (an image file, a folder of images, or a .npy/.npz array of (N, C, H, W) in [-1, 1])
-is reduced to its luminance g; the measurement y = g / |w| of the luminance channel is kept by
-``Replacement`` (or RePaint's resampling) on any solver, so every result has luminance g exactly
+The input (an image file, a folder of images, or a .npy/.npz array of (N, C, H, W) in [-1, 1], read by
+``tasks.files.read_images``) is reduced to its luminance g; the measurement y = g / |w| of the luminance
+channel is kept by ``Replacement`` (or RePaint's resampling) on any solver, so every result has luminance g exactly
 (up to float rounding) and colours drawn from the model.
 """
 
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, load_array, load_image_file, load_image_folder
 from .denoiser import DenoiserLike
 from .files import atomic_write
 from .image_grid import save_image_grid
@@ -25,29 +24,6 @@ from .schedules import make_grid
 from .solvers import make_solver
 from .tasks.colorization import Greyscale
 from .tasks.inpainting import Replacement, repaint_grid
-
-
-def read_inputs(path: str | os.PathLike[str], size: int) -> Tensor:
-    """Images (N, C, size, size) in [-1, 1], C = 1 or 3, from an image file, a folder or a .npy/.npz array."""
-    p = Path(path)
-    if p.is_dir():
-        return load_image_folder(p, size)[0]
-    if not p.is_file():
-        raise FileNotFoundError(f"input not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
-        from PIL import Image
-
-        with Image.open(p) as probe:
-            channels = 1 if probe.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-        return load_image_file(p, size, channels)
-    if suffix in (".npy", ".npz"):
-        x = load_array(p)[0]
-        if x.ndim != 4 or x.shape[1] not in (1, 3) or tuple(x.shape[2:]) != (size, size):
-            raise ValueError(f"{p}: need images (N, 1 or 3, {size}, {size}) in [-1, 1], got shape {tuple(x.shape)}")
-        return x
-    allowed = ", ".join([*IMAGE_EXTENSIONS, *(e for e in ARRAY_EXTENSIONS if e != ".csv")])
-    raise ValueError(f"input {p}: unsupported file type {suffix or '(none)'!r}; allowed: {allowed} or a folder of images")
 
 
 class Colorized(NamedTuple):
@@ -102,3 +78,24 @@ def write_colorized(result: Colorized, out_dir: str | os.PathLike[str], truth: T
     labels = ["grey", "colour"] + (["input"] if truth is not None else [])
     grid = save_image_grid(torch.cat(rows), out / "grid.png", nrow=x.shape[0], scale=4, row_labels=labels)
     return npz, grid
+
+
+def colorize_command(run_dir: str, input_path: str, out: str | None, *, solver: str = "ddpm", nfe: int = 100,
+                     resamples: int = 1, jump_length: int = 10, weights: str = "mean", seed: int = 0) -> str:
+    """The body of `diffusekit colorize`: checks the run, input and output, colours, writes; returns the line to print."""
+    from .pipeline import load_run
+    from .tasks.files import read_images
+
+    run = load_run(run_dir)
+    shape = run.info.data_shape
+    if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+        raise ValueError(f"colorize needs a run trained on square RGB images (3, H, H), this run has data {shape}")
+    make_solver(solver)
+    images = read_images(input_path, None, shape[1])
+    target = Path(out or Path(run_dir) / "colorize")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target} is a file; allowed: a folder")
+    result = colorize(run.denoiser, images, solver=solver, nfe=nfe, resamples=resamples, jump_length=jump_length,
+                      weights=weights, seed=seed, progress=True)
+    npz, grid = write_colorized(result, target, images if images.shape[1] == 3 else None)
+    return f"{images.shape[0]} image(s) colorized with {solver} ({result.nfe} NFE) -> {npz}, {grid}"

@@ -201,3 +201,20 @@ def write_imputed(path: str | os.PathLike[str], header: list[str], rows: list[li
                 out.writerow(cells + [repr(float(q[j, r, k])) for k in range(len(columns)) for j in range(len(QUANTILES))])
 
     return atomic_write(path, write)
+
+
+def impute_command(run_dir: str, input_path: str, out: str | None, *, samples: int = 100, solver: str = "ddpm",
+                   nfe: int = 100, seed: int = 0) -> str:
+    """The body of `diffusekit impute`: checks the run, table and output, imputes, writes; returns the line to print."""
+    from .solvers import make_solver
+
+    den, spec = load_imputer(run_dir)
+    make_solver(solver)
+    header, rows = read_table(input_path)
+    table = table_values(header, rows, spec.columns, input_path)
+    target = Path(out) if out is not None else Path(input_path).with_name(Path(input_path).stem + "-imputed.csv")
+    if target.suffix.lower() != ".csv" or target.is_dir():
+        raise ValueError(f"--out {target}: allowed a file name ending in .csv")
+    draws = impute_table(den, spec, table, samples, solver=solver, nfe=nfe, seed=seed)
+    write_imputed(target, header, rows, spec.columns, draws)
+    return f"{int(table.isnan().sum())} cells imputed with {samples} draws each ({solver}, {nfe} NFE) -> {target}"

@@ -3,7 +3,7 @@
 Every single-code-point glyph of the font's cmap (fontTools) is drawn with Pillow at the
 font's one bitmap size (109 px) with ``embedded_color=True``, composited over white, cropped
 to its square and reduced to ``size`` x ``size`` with a box filter. Glyphs that draw nothing
-(controls, spaces, digits without a colour bitmap) are dropped. The result is rendered once
+(controls, spaces, digits without a colour bitmap) and repeated images are dropped. The result is rendered once
 and cached as ``emoji-<size>.npz`` (uint8 N x 3 x size x size) in the cache folder.
 """
 
@@ -24,7 +24,8 @@ _BITMAP_SIZE = 109  # the only size of the font's CBDT colour bitmaps
 
 
 def render_emoji(size: int = 32, font_path: str | os.PathLike[str] = EMOJI_FONT) -> np.ndarray:
-    """Render the font's colour glyphs: uint8 (N, 3, size, size), over white, in code-point order."""
+    """Render the font's colour glyphs: uint8 (N, 3, size, size), over white; identical images are kept
+    once (``np.unique``, which also sorts them by pixel values, not by code point)."""
     from PIL import Image, ImageDraw, ImageFont
 
     if not Path(font_path).is_file():

@@ -288,13 +288,22 @@ def load_image_folder(
     return images, labels, class_names
 
 
-def load_image_file(path: str | os.PathLike[str], size: int, channels: int) -> Tensor:
-    """One image file as (1, channels, size, size) in [-1, 1], resized and cropped as :func:`load_image_folder`."""
+def load_image_file(path: str | os.PathLike[str], size: int, channels: int | None = None) -> Tensor:
+    """One image file as (1, channels, size, size) in [-1, 1], resized and cropped as :func:`load_image_folder`;
+    ``channels`` None: 1 for a greyscale mode, else 3."""
+    from PIL import Image, UnidentifiedImageError
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    if channels is None:
+        try:
+            with Image.open(p) as probe:
+                channels = 1 if probe.mode in _GRAY_MODES else 3
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
     return uint8_to_unit(read_image(p, size, channels)[None]).permute(0, 3, 1, 2).contiguous()
 
 

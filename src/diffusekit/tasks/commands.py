@@ -75,7 +75,8 @@ def inpaint(run_dir: str, input_path: str, out: str | None, *, mask: str = "bott
 def superres(run_dir: str, input_path: str, out: str | None, *, factor: int | None = None, method: str = "pigdm",
              steps: int = 50, seed: int = 0) -> str:
     """Upsample low-resolution inputs (the run's size / ``factor``, default 2): with an SR3 run
-    (``data.condition = "lowres:K"``) by its conditional model, else as the average-pooling inverse problem."""
+    (``data.condition = "lowres:K"``) by its conditional model at the run's sampling solver and NFE (``method``
+    and ``steps`` unused), else as the average-pooling inverse problem."""
     run, shape = _image_run(run_dir)
     sr3 = lowres_factor(run.config)
     if sr3 is not None and factor not in (None, sr3):

@@ -13,12 +13,13 @@ from ..data.images import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, load_array, load_i
 from ..files import atomic_write
 from ..image_grid import save_image_grid
 
-INPUT_KINDS = "a PNG/JPEG image, a folder of them, a .npy or a .npz file"
+INPUT_KINDS = ", ".join([*IMAGE_EXTENSIONS, *(e for e in ARRAY_EXTENSIONS if e != ".csv")]) + " or a folder of images"
 
 
-def read_images(path: str | Path, channels: int, size: int) -> Tensor:
+def read_images(path: str | Path, channels: int | None, size: int) -> Tensor:
     """Images (N, channels, size, size) in [-1, 1] from ``path``. Image files are converted and resized
-    (shorter side to ``size``, centre crop); arrays must already have that shape (uint8 or floats in [-1, 1])."""
+    (shorter side to ``size``, centre crop); arrays must already have that shape (uint8 or floats in [-1, 1]).
+    ``channels`` None takes 1 or 3, as the input holds (greyscale image modes: 1)."""
     p = Path(path)
     suffix = p.suffix.lower()
     if p.is_dir():
@@ -29,11 +30,13 @@ def read_images(path: str | Path, channels: int, size: int) -> Tensor:
         return load_image_file(p, size, channels)
     if suffix in ARRAY_EXTENSIONS and suffix != ".csv":
         x = load_array(p)[0]
-        if tuple(x.shape[1:]) != (channels, size, size):
-            raise ValueError(f"{p} holds items of shape {tuple(x.shape[1:])}; allowed: ({channels}, {size}, {size}) "
+        allowed = (1, 3) if channels is None else (channels,)
+        if x.ndim != 4 or x.shape[1] not in allowed or tuple(x.shape[2:]) != (size, size):
+            c = " or ".join(map(str, allowed))
+            raise ValueError(f"{p} holds items of shape {tuple(x.shape[1:])}; allowed: ({c}, {size}, {size}) "
                              f"for this run and task")
         return x
-    raise ValueError(f"input {p}: unknown extension {suffix or '(none)'!r}; allowed: {INPUT_KINDS}")
+    raise ValueError(f"input {p}: unsupported file type {suffix or '(none)'!r}; allowed: {INPUT_KINDS}")
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path]:

@@ -25,6 +25,12 @@ from ..utils import check_positive_float
 from .operators import LinearOperator
 
 
+def x0_variance(alpha: Tensor, sigma: Tensor, data_var: float) -> Tensor:
+    """PiGDM's r_t^2 = v sigma^2 / (v alpha^2 + sigma^2): the variance of x0 given x_t for data of
+    variance v (Song et al. 2023, sec. 3.2, there for v = 1)."""
+    return data_var * sigma**2 / (data_var * alpha**2 + sigma**2)
+
+
 class PiGDM(DenoiserWrapper):
     """The PiGDM-guided denoiser: ``sample(PiGDM(denoiser, A, y, noise_std=s), solver, ...)``.
 
@@ -45,7 +51,7 @@ class PiGDM(DenoiserWrapper):
             xg = x.detach().requires_grad_(True)
             pred = self.inner(xg, t, cond)
             alpha, sigma = (torch.as_tensor(v, dtype=x.dtype, device=x.device).detach() for v in (pred.alpha, pred.sigma))
-            r2 = self.data_var * sigma**2 / (self.data_var * alpha**2 + sigma**2)
+            r2 = x0_variance(alpha, sigma, self.data_var)
             resid = self.y.to(device=x.device, dtype=x.dtype) - self.operator(pred.x0.detach())
             v = self.operator.gram_pinv(resid, r2.flatten() if r2.ndim else r2, self.noise_var)
             (g,) = torch.autograd.grad(pred.x0, xg, grad_outputs=v)

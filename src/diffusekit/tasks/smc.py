@@ -37,6 +37,7 @@ from ..stepping import Step, StepContext
 from ..utils import check_positive_float
 from ..variances import posterior_var
 from .operators import LinearOperator
+from .pigdm import x0_variance
 
 
 class TwistedSMC:
@@ -82,8 +83,7 @@ class TwistedSMC:
     def _log_twist_of(self, pred: Prediction) -> Tensor:
         """log p~_t(y | x_t) per particle, from the prediction at x_t."""
         alpha, sigma = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (pred.alpha, pred.sigma))
-        r2 = self.data_var * sigma**2 / (self.data_var * alpha**2 + sigma**2)
-        return self._log_normal(pred.x0, self.noise_var + r2)
+        return self._log_normal(pred.x0, self.noise_var + x0_variance(alpha, sigma, self.data_var))
 
     def on_prediction(self, pred: Prediction, t: float | Tensor) -> Prediction:
         if self._fresh:  # the step's first call, at its starting x
