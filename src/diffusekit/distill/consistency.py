@@ -182,10 +182,6 @@ class ConsistencyLoss:
         return LossOutput(per_sample.mean(), per_sample, t_hi)
 
 
-def _provenance(method: str, **settings: Any) -> dict[str, Any]:
-    return {"method": method, **settings}
-
-
 def distill_consistency(teacher: LoadedRun, out: str | Path, *, to: int = 1, steps: int = 500, solver: str = "heun",
                         n: int = 18, mu: float = 0.95, lr: float = 2e-4, progress: bool = True) -> Path:
     """Consistency distillation of a run (Song et al. 2023, Alg. 2) into the run folder ``out``: a student
@@ -198,7 +194,7 @@ def distill_consistency(teacher: LoadedRun, out: str | Path, *, to: int = 1, ste
     cfg = student_config(teacher.config, name=f"{teacher.config.name}-consistency", steps=steps, solver="consistency",
                          nfe=to, grid="uniform_angle", lr=lr, parameterization="consistency")
     train_student(cfg, teacher.info, student, data_loader(cfg), loss, out,
-                  _provenance("consistency", teacher_solver=solver, n=n, mu=mu), progress=progress)
+                  {"method": "consistency", "teacher_solver": solver, "n": n, "mu": mu}, progress=progress)
     return Path(out)
 
 
@@ -215,5 +211,5 @@ def train_consistency(run: LoadedRun, out: str | Path, *, to: int = 1, steps: in
     loss = ConsistencyLoss(student.schedule, None, student.net, mu=mu, total_steps=steps, distance="pseudo_huber",
                            time="lognormal", ict_weighting=True, label_dropout=p, null_label=null)
     train_student(cfg, run.info, student, data_loader(cfg), loss, out,
-                  _provenance("consistency-training", mu=mu, curriculum=[10, 1280]), progress=progress)
+                  {"method": "consistency-training", "mu": mu, "curriculum": [10, 1280]}, progress=progress)
     return Path(out)
