@@ -63,6 +63,10 @@ class _ChurnMixin:
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.S_churn > 0 and self.S_noise > 0
 
+    @property
+    def per_sample_times(self) -> bool:  # type: ignore[override]
+        return self.S_churn == 0  # churn raises one shared noise level
+
     def _churn(self, ctx: StepContext, x: Tensor, step: Step) -> tuple[Tensor, Step]:
         """Raise the noise level of x from s0 to s_hat (capped at s(t_max)); the step then starts there."""
         if self.S_churn == 0 or step.alpha0 == 0.0 or step.remaining is None:
@@ -105,10 +109,6 @@ class Euler(_ChurnMixin, Solver):
     def __post_init__(self) -> None:
         self._check_churn()
 
-    @property
-    def per_sample_times(self) -> bool:  # type: ignore[override]
-        return self.S_churn == 0  # churn raises one shared noise level
-
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         x, step = self._churn(ctx, x, step)
         return euler_update(step, ctx.model(x, step.t0)), state
@@ -146,10 +146,6 @@ class Heun(_ChurnMixin, Solver):
         or s0 / s1 > max_ratio (going up in s, as in inversion, the weight is below 1/2). Floats give a
         bool, decided on the grid so ``nfe`` is known before the run; per-sample tensors give a mask."""
         return (sigma1 > 0) & (alpha0 > 0) & (alpha1 > 0) & (sigma0 * alpha1 <= self.max_ratio * alpha0 * sigma1)
-
-    @property
-    def per_sample_times(self) -> bool:  # type: ignore[override]
-        return self.S_churn == 0  # churn raises one shared noise level
 
     def nfe(self, grid: Grid) -> int:
         a, s = grid.alpha.tolist(), grid.sigma.tolist()
