@@ -9,7 +9,8 @@ x-target is the x0 whose one DDIM step from z_t lands on z_t'' (Alg. 2):
 with eps~ = (z_t - alpha_t x~) / sigma_t. The student regresses on the pair (x~, eps~) at the same z_t,
 which is the DSM loss (``losses.dsm_loss``) with data x~ and noise eps~, in the run's own
 parameterization (x0, v, edm, ...), weighted by truncated SNR, max(SNR, 1) on the x0 error (sec. 4).
-Stages halve N; each stage's student (its EMA) teaches the next (``distill_progressive`` in ``runs``).
+Stages halve N; each stage's student (its EMA) teaches the next (``distill_progressive``; each stage is a run
+folder written by ``runs.train_student``).
 """
 
 from __future__ import annotations
