@@ -57,6 +57,22 @@ def test_a_teacher_step_refuses_a_stochastic_solver() -> None:
         SolverStep(oracle, "unipc")
 
 
+def test_a_per_sample_heun_teacher_step_is_the_grid_step_of_each_sample() -> None:
+    """One batch with a Heun interval, an Euler-only one (s0 / s1 = 20 > max_ratio) and the clean end:
+    each row equals Heun on that row's own one-step grid (a Heun step as a teacher is Heun, not a copy)."""
+    schedule = dk.EDMSchedule()
+    oracle = smooth_mixture(schedule, dim=3)
+    t0, t1 = torch.tensor([2.0, 10.0, 1.0], dtype=torch.float64), torch.tensor([1.5, 0.5, 0.0], dtype=torch.float64)
+    x = schedule.add_noise(oracle.sample(3, seed=1), t0, torch.randn(3, 3, dtype=torch.float64))
+    out = SolverStep(oracle, "heun")(x, t0, t1)
+    heun = dk.make_solver("heun")
+    for b in range(3):
+        grid = dk.Grid.from_times(schedule, t0[b : b + 1] if t1[b] == 0 else torch.stack([t0[b], t1[b]]), t1[b] == 0)
+        assert heun.nfe(grid) == (1 if b else 2)
+        ref = dk.sample(oracle, heun, x[b : b + 1], grid=grid, progress=False).x
+        torch.testing.assert_close(out[b : b + 1], ref, rtol=1e-12, atol=1e-12)
+
+
 # ---- consistency models ------------------------------------------------------------------------
 
 

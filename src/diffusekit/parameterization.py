@@ -152,6 +152,12 @@ def _ones(a: Tensor) -> Tensor:
     return torch.ones_like(a)
 
 
+def _scaled(alpha: Tensor, sigma: Tensor, s: Tensor, c_in: Tensor, c_skip: Tensor, c_out: Tensor) -> Coefficients:
+    """Coefficients of x0 = c_skip x_hat + c_out F(c_in x_hat) in the scaled coordinates x_hat = x_t / alpha,
+    s = sigma / alpha (Karras et al. 2022, eq. 7), with eps = (x_t - alpha x0) / sigma."""
+    return Coefficients(c_in / alpha, c_skip / alpha, c_out, (1 - c_skip) / sigma, -c_out / s)
+
+
 class EpsParam(Parameterization):
     """F predicts the noise eps (Ho et al. 2020, eq. 11): x0 = (x_t - sigma F) / alpha."""
 
@@ -243,8 +249,7 @@ class EDMParam(Parameterization):
             c_skip, c_out, c_in = _ones(s), -s, 1 / (s**2 + 1).sqrt()
         else:
             c_skip, c_out, c_in = _ones(s), s, _ones(s)
-        # x0 = c_skip x_t / alpha + c_out F and eps = (x_t - alpha x0) / sigma.
-        return Coefficients(c_in / alpha, c_skip / alpha, c_out, (1 - c_skip) / sigma, -c_out / s)
+        return _scaled(alpha, sigma, s, c_in, c_skip, c_out)
 
     def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         return 0.25 * torch.log(sigma / alpha) if self.kind == "edm" else model_time
@@ -270,7 +275,7 @@ class ConsistencyParam(Parameterization):
         s, sd = sigma / alpha, self.sigma_data
         r = (s**2 + sd**2).sqrt()
         c_skip, c_out = sd**2 / ((s - self.sigma_min) ** 2 + sd**2), (s - self.sigma_min) * sd / r
-        return Coefficients(1 / (r * alpha), c_skip / alpha, c_out, (1 - c_skip) / sigma, -c_out / s)
+        return _scaled(alpha, sigma, s, 1 / r, c_skip, c_out)
 
     def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         return 0.25 * torch.log(sigma / alpha)

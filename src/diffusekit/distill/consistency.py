@@ -99,6 +99,7 @@ class ConsistencyLoss:
     null_label: int | None = None
     step: int = 0
     _ema: EMA | None = field(init=False, repr=False, default=None)
+    _cache: tuple[int, Tensor, Tensor] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
@@ -114,8 +115,16 @@ class ConsistencyLoss:
 
     def levels(self) -> Tensor:
         """The times t_1 < ... < t_N in use at the current step."""
+        return self._levels()[0]
+
+    def _levels(self) -> tuple[Tensor, Tensor]:
+        """(t_1 < ... < t_N, s = sigma / alpha at them), recomputed only when N changes (the curriculum)."""
         n = self.n if self.teacher is not None else curriculum(self.step, self.total_steps)
-        return consistency_times(self.schedule, n, self.sigma_min)
+        if self._cache is None or self._cache[0] != n:
+            t = consistency_times(self.schedule, n, self.sigma_min)
+            a, s = self.schedule.alpha_sigma(t)
+            self._cache = (n, t, s / a)
+        return self._cache[1], self._cache[2]
 
     # ---- StatefulLoss: the EMA target and the step --------------------------------------------
     def after_step(self, net: torch.nn.Module, step: int) -> None:
@@ -145,12 +154,12 @@ class ConsistencyLoss:
                  generator: torch.Generator | None = None) -> LossOutput:
         device = generator.device if generator is not None else x0.device
         cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
-        t = self.levels()
+        t, s = self._levels()
         b = x0.shape[0]
         if self.time == "uniform":
             idx = torch.randint(0, t.numel() - 1, (b,), generator=generator, device=device).cpu()
         else:
-            probs = lognormal_index_probs(self._s(t)).to(device)
+            probs = lognormal_index_probs(s).to(device)
             idx = torch.multinomial(probs, b, replacement=True, generator=generator).cpu()
         t_lo, t_hi = t[idx], t[idx + 1]
         z = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
@@ -169,17 +178,8 @@ class ConsistencyLoss:
             c = 0.00054 * math.sqrt(diff.shape[1])
             per_sample = (diff.pow(2).sum(1) + c**2).sqrt() - c
         if self.ict_weighting:
-            s = self._s(t)
             per_sample = per_sample / (s[idx + 1] - s[idx]).to(per_sample)
         return LossOutput(per_sample.mean(), per_sample, t_hi)
-
-    def _s(self, t: Tensor) -> Tensor:
-        a, s = self.schedule.alpha_sigma(t)
-        return s / a
-
-
-def _provenance(method: str, **settings: Any) -> dict[str, Any]:
-    return {"method": method, **settings}
 
 
 def distill_consistency(teacher: LoadedRun, out: str | Path, *, to: int = 1, steps: int = 500, solver: str = "heun",
@@ -194,7 +194,7 @@ def distill_consistency(teacher: LoadedRun, out: str | Path, *, to: int = 1, ste
     cfg = student_config(teacher.config, name=f"{teacher.config.name}-consistency", steps=steps, solver="consistency",
                          nfe=to, grid="uniform_angle", lr=lr, parameterization="consistency")
     train_student(cfg, teacher.info, student, data_loader(cfg), loss, out,
-                  _provenance("consistency", teacher_solver=solver, n=n, mu=mu), progress=progress)
+                  {"method": "consistency", "teacher_solver": solver, "n": n, "mu": mu}, progress=progress)
     return Path(out)
 
 
@@ -211,5 +211,5 @@ def train_consistency(run: LoadedRun, out: str | Path, *, to: int = 1, steps: in
     loss = ConsistencyLoss(student.schedule, None, student.net, mu=mu, total_steps=steps, distance="pseudo_huber",
                            time="lognormal", ict_weighting=True, label_dropout=p, null_label=null)
     train_student(cfg, run.info, student, data_loader(cfg), loss, out,
-                  _provenance("consistency-training", mu=mu, curriculum=[10, 1280]), progress=progress)
+                  {"method": "consistency-training", "mu": mu, "curriculum": [10, 1280]}, progress=progress)
     return Path(out)

@@ -9,7 +9,8 @@ x-target is the x0 whose one DDIM step from z_t lands on z_t'' (Alg. 2):
 with eps~ = (z_t - alpha_t x~) / sigma_t. The student regresses on the pair (x~, eps~) at the same z_t,
 which is the DSM loss (``losses.dsm_loss``) with data x~ and noise eps~, in the run's own
 parameterization (x0, v, edm, ...), weighted by truncated SNR, max(SNR, 1) on the x0 error (sec. 4).
-Stages halve N; each stage's student (its EMA) teaches the next (``distill_progressive`` in ``runs``).
+Stages halve N; each stage's student (its EMA) teaches the next (``distill_progressive``; each stage is a run
+folder written by ``runs.train_student``).
 """
 
 from __future__ import annotations
@@ -30,16 +31,14 @@ from ..utils import append_dims
 from ..pipeline import LoadedRun
 from .nested_grid import teacher_times
 from .runs import data_loader, label_dropout, student_config, student_of, train_student
-from .teacher_step import SolverStep
+from .teacher_step import SolverStep, alpha_sigma_to_zero
 
 
 def progressive_target(schedule: NoiseSchedule, z_t: Tensor, t: Tensor, z_next: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
     """(x~, eps~): the data and noise estimate whose DDIM step from (z_t, t) reaches (z_next, t_next)
     (Salimans & Ho 2022, Alg. 2; t_next = 0 is the clean end, where x~ = z_next)."""
     a, s = (append_dims(v.to(z_t), z_t.ndim) for v in schedule.alpha_sigma(t))
-    a2, s2 = schedule.alpha_sigma(t_next)
-    clean = t_next == 0
-    a2, s2 = (append_dims(v.to(z_t), z_t.ndim) for v in (torch.where(clean, 1.0, a2), torch.where(clean, 0.0, s2)))
+    a2, s2 = (append_dims(v.to(z_t), z_t.ndim) for v in alpha_sigma_to_zero(schedule, t_next))
     ratio = s2 / s
     x = (z_next - ratio * z_t) / (a2 - ratio * a)
     return x, (z_t - a * x) / s

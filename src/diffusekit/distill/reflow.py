@@ -35,13 +35,13 @@ from ..progress import progress_bar
 from ..sample import sample, steps_for_nfe
 from ..schedules.continuous import FlowSchedule
 from ..schedules.grids import make_grid
-from ..solvers import make_solver
+from ..solvers import DEFAULT_SOLVER, make_solver
 from ..utils import check_positive_int
 from .runs import data_loader, label_dropout, student_config, student_of, train_student
 
 
 def generate_couplings(denoiser: DenoiserLike, folder: str | Path, n: int, shape: Sequence[int], *,
-                       solver: str = "unipc_logsnr", nfe: int = 20, shard_size: int = 1000, seed: int = 0,
+                       solver: str = DEFAULT_SOLVER, nfe: int = 20, shard_size: int = 1000, seed: int = 0,
                        num_classes: int | None = None, progress: bool = True) -> Path:
     """Write n couplings (noise z, ODE(z)) of ``denoiser`` into ``folder`` in shards; existing shards are kept
     (resume). Class-conditional models get labels i mod ``num_classes``. Refuses a folder made with other settings."""

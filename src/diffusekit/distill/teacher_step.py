@@ -15,9 +15,17 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Cond, DenoiserLike
+from ..schedules.base import NoiseSchedule
 from ..schedules.grids import Grid
 from ..solvers import make_solver
 from ..stepping import Solver, Step, StepContext
+
+
+def alpha_sigma_to_zero(schedule: NoiseSchedule, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(alpha, sigma) at per-sample times ``t``, with t = 0 the clean end (1, 0) as on a grid's last point."""
+    alpha, sigma = schedule.alpha_sigma(t)
+    clean = t == 0
+    return torch.where(clean, 1.0, alpha), torch.where(clean, 0.0, sigma)
 
 
 def _no_noise() -> Tensor:
@@ -44,9 +52,7 @@ class SolverStep:
         schedule = self.teacher.schedule
         t0, t1 = (t.detach().to("cpu", torch.float64) for t in (t0, t1))
         a0, s0 = schedule.alpha_sigma(t0)
-        a1, s1 = schedule.alpha_sigma(t1)
-        clean = t1 == 0
-        a1, s1 = torch.where(clean, 1.0, a1), torch.where(clean, 0.0, s1)
+        a1, s1 = alpha_sigma_to_zero(schedule, t1)
         grid = Grid(torch.stack([t0, t1]), torch.stack([a0, a1]), torch.stack([s0, s1]))
         solver: Solver = self.solver  # type: ignore[assignment]
         ctx = StepContext(lambda xt, t: self.teacher(xt, t, cond), schedule, _no_noise)

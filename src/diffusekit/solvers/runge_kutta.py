@@ -63,6 +63,10 @@ class _ChurnMixin:
     def stochastic(self) -> bool:  # type: ignore[override]
         return self.S_churn > 0 and self.S_noise > 0
 
+    @property
+    def per_sample_times(self) -> bool:  # type: ignore[override]
+        return self.S_churn == 0  # churn raises one shared noise level
+
     def _churn(self, ctx: StepContext, x: Tensor, step: Step) -> tuple[Tensor, Step]:
         """Raise the noise level of x from s0 to s_hat (capped at s(t_max)); the step then starts there."""
         if self.S_churn == 0 or step.alpha0 == 0.0 or step.remaining is None:
@@ -105,10 +109,6 @@ class Euler(_ChurnMixin, Solver):
     def __post_init__(self) -> None:
         self._check_churn()
 
-    @property
-    def per_sample_times(self) -> bool:  # type: ignore[override]
-        return self.S_churn == 0  # churn raises one shared noise level
-
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         x, step = self._churn(ctx, x, step)
         return euler_update(step, ctx.model(x, step.t0)), state
@@ -141,26 +141,20 @@ class Heun(_ChurnMixin, Solver):
         if not self.max_ratio > 1:
             raise ValueError(f"max_ratio must be > 1, got {self.max_ratio!r}")
 
-    def _euler_only(self, alpha0: float, sigma0: float, alpha1: float, sigma1: float) -> bool:
-        """One call on this grid interval: to the clean end, from alpha = 0, or s0 / s1 > max_ratio
-        (going up in s, as in inversion, the weight is below 1/2). Decided on the grid, so
-        ``nfe`` is known before the run."""
-        if sigma1 == 0.0 or alpha0 == 0.0 or alpha1 == 0.0:
-            return True
-        return (sigma0 * alpha1) / (alpha0 * sigma1) > self.max_ratio
-
-    @property
-    def per_sample_times(self) -> bool:  # type: ignore[override]
-        return self.S_churn == 0  # churn raises one shared noise level
+    def _heun_ok(self, alpha0: Any, sigma0: Any, alpha1: Any, sigma1: Any) -> Any:
+        """The correction applies (two calls) unless the step goes to the clean end, from or to alpha = 0,
+        or s0 / s1 > max_ratio (going up in s, as in inversion, the weight is below 1/2). Floats give a
+        bool, decided on the grid so ``nfe`` is known before the run; per-sample tensors give a mask."""
+        return (sigma1 > 0) & (alpha0 > 0) & (alpha1 > 0) & (sigma0 * alpha1 <= self.max_ratio * alpha0 * sigma1)
 
     def nfe(self, grid: Grid) -> int:
         a, s = grid.alpha.tolist(), grid.sigma.tolist()
-        return sum(1 if self._euler_only(a[i], s[i], a[i + 1], s[i + 1]) else 2 for i in range(grid.n_steps))
+        return sum(2 if self._heun_ok(a[i], s[i], a[i + 1], s[i + 1]) else 1 for i in range(grid.n_steps))
 
     def step(self, ctx: StepContext, x: Tensor, step: Step, state: Any) -> tuple[Tensor, Any]:
         if isinstance(step.alpha0, Tensor):
             return self._per_sample_step(ctx, x, step), state
-        euler_only = self._euler_only(step.alpha0, step.sigma0, step.alpha1, step.sigma1)
+        euler_only = not self._heun_ok(step.alpha0, step.sigma0, step.alpha1, step.sigma1)
         x, step = self._churn(ctx, x, step)
         pred = ctx.model(x, step.t0)
         x1 = euler_update(step, pred)
@@ -173,11 +167,10 @@ class Heun(_ChurnMixin, Solver):
 
     def _per_sample_step(self, ctx: StepContext, x: Tensor, step: Step) -> Tensor:
         """The step with one time per sample (a teacher step in distillation): the Heun correction
-        where ``_euler_only`` fails for that sample, Euler elsewhere; two calls if any sample needs both."""
+        where ``_heun_ok`` holds for that sample, Euler elsewhere; two calls if any sample needs both."""
         pred = ctx.model(x, step.t0)
         x1 = euler_update(step, pred)
-        a0, s0, a1, s1 = step.alpha0, step.sigma0, step.alpha1, step.sigma1
-        heun = (s1 > 0) & (a0 > 0) & (a1 > 0) & (s0 * a1 <= self.max_ratio * a0 * s1)  # type: ignore[operator]
+        heun = self._heun_ok(step.alpha0, step.sigma0, step.alpha1, step.sigma1)
         if not bool(heun.any()):
             return x1
         pred1 = ctx.model(x1, torch.where(heun, step.t1, step.t0))  # type: ignore[arg-type]

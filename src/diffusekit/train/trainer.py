@@ -421,12 +421,13 @@ class Trainer:
         dtype = PRECISIONS[cfg.precision]
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.device)
+        noise_seed = _step_seed(cfg.seed, self.step, _NOISE_STREAM)  # every micro-batch draws the global batch's noise
         with self._rng_scope():
             for j in range(parts):
                 part = slice(j * m, (j + 1) * m)
                 self._seed_global_rng(_step_seed(cfg.seed, self.step, world.rank, j) if sharded
                                       else _step_seed(cfg.seed, self.step))
-                self._generator.manual_seed(_step_seed(cfg.seed, self.step, _NOISE_STREAM))
+                self._generator.manual_seed(noise_seed)
                 where = {"offset": world.rank * rows + j * m, "global_batch": rows * world.size} if sharded else {}
                 # DDP all-reduces the gradients in the last micro-batch's backward only
                 with self._no_sync() if j < parts - 1 else contextlib.nullcontext():
