@@ -37,7 +37,7 @@ from ..schedules.base import NoiseSchedule
 from ..utils import append_dims
 from .dsm import LossOutput, batch_rows, check_label_dropout, drop_labels, weighted_error
 from .importance import ImportanceTimeSampler
-from .time_sampling import make_time_sampler
+from .time_sampling import make_time_sampler, num_steps, step_index
 from .weighting import Weighting, make_weighting
 
 LOSS_KINDS: tuple[str, ...] = ("simple", "hybrid", "vlb")
@@ -46,9 +46,7 @@ TIME_KINDS: tuple[str, ...] = ("uniform", "importance")
 
 def step_transitions(schedule: NoiseSchedule) -> Transitions:
     """The ``Transitions`` of every knot 1/N, ..., 1 of a discrete schedule (a clear error otherwise)."""
-    n = getattr(schedule, "num_steps", None)
-    if not isinstance(n, int):
-        raise TypeError(f"the hybrid and vlb losses need a DiscreteSchedule (N steps), got {schedule!r}")
+    n = num_steps(schedule, "the hybrid and vlb losses need")
     return transitions(schedule, torch.arange(1, n + 1, dtype=torch.float64) / n)
 
 
@@ -130,7 +128,7 @@ class HybridLoss:
         mean = f.detach() if self.kind == "hybrid" else f  # eq. 16: L_vlb does not move the mean
         pred = Prediction(x_t, alpha, sigma, raw=(mean, coeffs), var_interp=v)
         n = table.large.numel()
-        index = (t.detach().cpu().double() * n).round().long().clamp(1, n) - 1
+        index = step_index(t, n)
         vlb = n * vlb_term(pred, x0, index, table, self.decoder, self.n_bits) / (x0[0].numel() * math.log(2))
         vlb = vlb.to(x0.dtype)
         return vlb if self.kind == "vlb" else simple + self.vlb_weight * vlb
