@@ -87,7 +87,8 @@ class ReverseVariance(Protocol):
 
     ``step`` has been shaped to x (``Step.like``); the result broadcasts against x.
     A rule may also define ``decoder_var(pred, step, clipped)`` for the step t_1 -> 0 (the
-    decoder of the bound, where beta tilde is 0 and ``clipped`` is beta tilde of the step above).
+    decoder of the bound, where beta tilde is 0; ``clipped`` is the bound's fixed decoder variance,
+    by default beta tilde of the step above, else what ``decoder_variance`` asks).
     """
 
     name: str

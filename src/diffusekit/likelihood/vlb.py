@@ -230,7 +230,8 @@ def discrete_vlb(
     q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3; the same
     marginals; eta = 0 has no finite bound). ``decoder`` 'discretized' (data on the n-bit
     lattice in [-1, 1]) or 'gaussian' (continuous data); ``decoder_variance`` as in the module
-    doc (a variance with ``decoder_var`` uses its own). One forward-noise draw per (sample,
+    doc (a variance with ``decoder_var`` gets it and returns its own: 'learned' interpolates from it,
+    analytic / sn / npr ignore it). One forward-noise draw per (sample,
     step), from per-sample streams of ``seed``; ``chunk`` steps share one batched model call.
     """
     rule = make_variance(variance)
