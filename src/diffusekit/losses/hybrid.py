@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..denoiser import Cond, Denoiser
 from ..learned_variance import interpolated_variance, var_interp
+from ..likelihood.analytic import schedule_times
 from ..likelihood.vlb import Transitions, decoder_nll, posterior_kl, transitions
 from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
@@ -46,8 +47,8 @@ TIME_KINDS: tuple[str, ...] = ("uniform", "importance")
 
 def step_transitions(schedule: NoiseSchedule) -> Transitions:
     """The ``Transitions`` of every knot 1/N, ..., 1 of a discrete schedule (a clear error otherwise)."""
-    n = num_steps(schedule, "the hybrid and vlb losses need")
-    return transitions(schedule, torch.arange(1, n + 1, dtype=torch.float64) / n)
+    num_steps(schedule, "the hybrid and vlb losses need")
+    return transitions(schedule, schedule_times(schedule))
 
 
 def vlb_term(pred: Prediction, x0: Tensor, index: Tensor, table: Transitions, decoder: str = "discretized",
