@@ -68,8 +68,11 @@ def vlb_term(pred: Prediction, x0: Tensor, index: Tensor, table: Transitions, de
     var_p = interpolated_variance(v.double(), small, large)
     x0d, hat = x0.double(), pred.x0.double()
     kl = posterior_kl(x0d, hat, pick(table.c_x0), small, var_p).flatten(1).sum(1)
-    dec = decoder_nll(x0d, hat, var_p, decoder, n_bits)
-    return torch.where(index.to(x0.device) == 0, dec, kl)
+    first = (idx == 0).nonzero().squeeze(1).to(x0.device)  # the decoder's rows, about B / N of them
+    if first.numel() == 0:
+        return kl
+    dec = decoder_nll(x0d[first], hat[first], var_p.expand_as(x0d)[first], decoder, n_bits)
+    return kl.index_copy(0, first, dec)
 
 
 @dataclass(frozen=True)
