@@ -24,7 +24,7 @@ from diffusekit.likelihood.trajectory import (
 )
 from diffusekit.oracle import GaussianMixture
 from diffusekit.stepping import Step
-from diffusekit.variances import OptimalVariance, eps_gain, eta_var, make_variance
+from diffusekit.variances import EtaVariance, OptimalVariance, eps_gain, eta_var, make_variance
 
 
 def mixture(schedule: dk.NoiseSchedule, scale: float = 1.0, dim: int = 8, seed: int = 0) -> GaussianMixture:
@@ -325,6 +325,18 @@ def test_bound_is_the_same_for_eps_x0_and_v_models(param: str) -> None:
         want = discrete_vlb(mix, x, times=T_TRAJ, variance=rule, decoder="gaussian").total
         got = discrete_vlb(model, x, times=T_TRAJ, variance=rule, decoder="gaussian").total
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_eta_family_bound_at_eta_one_is_the_ddpm_bound() -> None:
+    """q_lambda (Bao et al. 2022a, eq. 3) with lambda^2 = beta tilde is the DDPM posterior (Ho et al. 2020, eq. 7),
+    so the bound's eta-family branch at eta = 1 - 1e-9 gives the posterior branch's terms (eta = 1), an imperfect
+    mean (the exact E[x0 | x_t] is not x0) included."""
+    mix = mixture(SCHED)
+    x = mix.sample(32, seed=5)
+    want = discrete_vlb(mix, x, times=T_TRAJ, variance="small", decoder="gaussian").terms
+    got = discrete_vlb(mix, x, times=T_TRAJ, variance=EtaVariance(1 - 1e-9), decoder="gaussian").terms
+    assert bool((want[:, 1:].sum(1) > 1.0).all())  # the KLs have a mean part to get right
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
 def test_ddim_at_eta_one_is_ddpm_for_every_variance() -> None:

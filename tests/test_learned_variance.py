@@ -144,6 +144,11 @@ def test_vlb_term_is_the_closed_form_kl_and_decoder() -> None:
             mq, mp = coef_x0 * x0 + coef_xt * x_t, coef_x0 * pred.x0 + coef_xt * x_t
             want = (0.5 * (torch.log(var / tilde) + tilde / var + (mq - mp) ** 2 / var - 1)).sum(1)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    idx = torch.tensor([0, 36, 0, 99, 1, 0, 36, 5] * 2)  # a batch mixing decoder and KL rows: each row its own term
+    mixed = vlb_term(pred, x0, idx, table, decoder="gaussian")
+    for k in idx.unique().tolist():
+        rows = idx == k
+        torch.testing.assert_close(mixed[rows], vlb_term(pred, x0, torch.full((16,), k), table, decoder="gaussian")[rows])
 
 
 @pytest.mark.parametrize("std,n", [(0.05, 10), (0.2, 30), (0.5, 30)])

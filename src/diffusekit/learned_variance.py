@@ -48,8 +48,9 @@ class LearnedVariance:
         return interpolated_variance(var_interp(pred), posterior_var(step), transition_var(step))
 
     def decoder_var(self, pred: Prediction, step: Step, clipped: Number) -> Tensor:
-        """The decoder's variance on the step t_1 -> 0: eq. 15 between ``clipped`` (beta tilde of
-        the step above) and beta_1 = sigma_1^2 (the forward variance from 0 to t_1)."""
+        """The decoder's variance on the step t_1 -> 0: eq. 15 between ``clipped`` (the bound's fixed
+        decoder variance; by default beta tilde of the step above, as in training) and beta_1 = sigma_1^2
+        (the forward variance from 0 to t_1)."""
         return interpolated_variance(var_interp(pred), clipped, transition_var(step))
 
 

@@ -73,13 +73,11 @@ def run_variance(run: LoadedRun, run_dir: str | Path, name: str, *, eta: float =
     """A reverse variance by name for a run: small, large, analytic (moments), sn / npr (heads), learned."""
     if name not in VARIANCE_NAMES:
         raise ValueError(f"--variance must be one of {', '.join(VARIANCE_NAMES)}, got {name!r}")
-    if name in ("small", "large"):
-        return make_variance(name)
     if name == "analytic":
         return make_variance(name, moments=moments_of(run, run_dir, samples), eta=eta, first_step_clip=first_step_clip)
     if name in HEAD_KINDS:
         return make_variance(name, head=load_head(run_dir, name), eta=eta, first_step_clip=first_step_clip)
-    return make_variance(name)  # learned (Nichol & Dhariwal 2021): read from the model's variance head
+    return make_variance(name)  # small, large, learned (read from the model's variance head): nothing to build
 
 
 def run_trajectory(run: LoadedRun, run_dir: str | Path, name: str, k: int, *, eta: float = 1.0,

@@ -30,7 +30,7 @@ from .parameterization import Prediction
 from .progress import progress_bar
 from .stepping import Number, Step
 from .utils import append_dims, check_positive_int
-from .variances import VARIANCE_BUILDERS, check_clip, check_eta, clip_first_step, eps_gain, eta_var
+from .variances import VARIANCE_BUILDERS, check_clip, check_eta, clip_first_step, eps_cov_var
 
 HEAD_KINDS = ("sn", "npr")
 
@@ -162,12 +162,11 @@ class HeadVariance:
         self.floor = floor
 
     def __call__(self, pred: Prediction, step: Step) -> Number:
-        var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.head.eps_cov(pred)
-        return clip_first_step(var, step, self.first_step_clip)
+        return clip_first_step(eps_cov_var(step, self.eta, self.head.eps_cov(pred)), step, self.first_step_clip)
 
     def decoder_var(self, pred: Prediction, step: Step, clipped: Number | None = None) -> Number:
         """(sigma_1 / alpha_1)^2 Cov[eps | x_1] per element; ``clipped`` (the fixed rules' decoder variance) is not used."""
-        return eps_gain(step, 0.0) ** 2 * self.head.eps_cov(pred).clamp(min=self.floor)
+        return eps_cov_var(step, 0.0, self.head.eps_cov(pred).clamp(min=self.floor))
 
 
 def _head_variance(kind: str) -> Callable[..., HeadVariance]:

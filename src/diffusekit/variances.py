@@ -67,6 +67,13 @@ def eps_gain(step: Step, eta: float) -> Number:
     return step.sigma0 * step.alpha1 / step.alpha0 - (step.sigma1**2 - eta_var(step, eta)) ** 0.5
 
 
+def eps_cov_var(step: Step, eta: float, cov: Number) -> Number:
+    """lambda^2 + eps_gain^2 cov: the optimal variance of the eta-family step for the noise's conditional
+    covariance ``cov`` (scalar: Bao et al. 2022a, Thm 1 and eq. 9; diagonal: Bao et al. 2022b, eq. 9-12).
+    At eta = 0 on the step t_1 -> 0 it is the decoder's (sigma_1 / alpha_1)^2 cov."""
+    return eta_var(step, eta) + eps_gain(step, eta) ** 2 * cov
+
+
 def check_eta(eta: float) -> float:
     """eta as a float, refused unless 0 <= eta (DDIM's stochasticity)."""
     if not (isinstance(eta, (int, float)) and eta >= 0 and math.isfinite(eta)):
@@ -80,7 +87,8 @@ class ReverseVariance(Protocol):
 
     ``step`` has been shaped to x (``Step.like``); the result broadcasts against x.
     A rule may also define ``decoder_var(pred, step, clipped)`` for the step t_1 -> 0 (the
-    decoder of the bound, where beta tilde is 0 and ``clipped`` is beta tilde of the step above).
+    decoder of the bound, where beta tilde is 0; ``clipped`` is the bound's fixed decoder variance,
+    by default beta tilde of the step above, else what ``decoder_variance`` asks).
     """
 
     name: str
@@ -166,13 +174,12 @@ class OptimalVariance:
         return clamp_eps_var(m, step.alpha0, step.sigma0, self.moments.data_var).to(pred.x_t.dtype)
 
     def __call__(self, pred: Prediction, step: Step) -> Number:
-        var = eta_var(step, self.eta) + eps_gain(step, self.eta) ** 2 * self.eps_var(pred, step)
-        return clip_first_step(var, step, self.first_step_clip)
+        return clip_first_step(eps_cov_var(step, self.eta, self.eps_var(pred, step)), step, self.first_step_clip)
 
     def decoder_var(self, pred: Prediction, step: Step, clipped: Number | None = None) -> Number:
         """Var p(x0 | x_1) = (sigma_1 / alpha_1)^2 E tr Cov[eps | x_1] / d (= E tr Cov[x0 | x_1] / d);
         ``clipped`` (the fixed rules' decoder variance) is not used."""
-        return eps_gain(step, 0.0) ** 2 * self.eps_var(pred, step)
+        return eps_cov_var(step, 0.0, self.eps_var(pred, step))
 
 
 #: The variances that need nothing beyond the schedule, by name.

@@ -327,7 +327,7 @@ def _adaptive_quadrature(
     sketch: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """int (div f + defect term) dphi by adaptive composite Boole panels in log-SNR (``PanelRule``),
-    refined until the summed panel error estimate is below ``tol`` nats/dim for every sample.
+    refined until the summed panel error estimate is below ``tol`` / 4 nats/dim for every sample.
 
     Returns (integral (B,), Hutchinson variance (B,), quadrature error estimate (B,), y at t_max,
     node count). ``tangents(stream, n)`` draws n probes: stream 0 gives the common probes (the
@@ -507,8 +507,8 @@ def ode_log_likelihood(
     ``t_eps`` (default ``schedule.t_min``) to ``t_max`` (default ``schedule.t_max``)
     and add the prior log-density (``schedule.prior_log_prob``, or ``prior``).
 
-    - ``quadrature``: 'adaptive' (default; nested Clenshaw-Curtis in log-SNR, refined up to
-      ``max_nodes`` until the error estimate is below ``tol`` / 4 nats/dim; module doc), an int Q
+    - ``quadrature``: 'adaptive' (default; composite Boole panels in log-SNR, ``quadrature.PanelRule``,
+      refined up to ``max_nodes`` until the error estimate is below ``tol`` / 4 nats/dim; module doc), an int Q
       for fixed Q-point Gauss-Legendre in phi, or None for the augmented ODE.
     - ``divergence``: 'exact', 'hutchinson' (Rademacher or Gaussian ``noise``, from ``seed``)
       or 'auto' (exact when D <= ``max_exact_dim``). Adaptive quadrature: ``probes`` fresh

@@ -71,7 +71,7 @@ def step_costs(moments: NoiseMoments, schedule: NoiseSchedule, eta: float = 1.0)
     step = Step(0, t[ti], t[si], a[ti], s[ti], a[si], s[si], None)
     lam2 = eta_var(step, eta)
     gain2 = eps_gain(step, eta) ** 2
-    var = lam2 + gain2 * clamp_eps_var(m[ti], a[ti], s[ti], moments.data_var)
+    var = lam2 + gain2 * clamp_eps_var(m[ti], a[ti], s[ti], moments.data_var)  # variances.eps_cov_var, lam2 and gain2 reused
     cost = torch.full((n, n), torch.inf, dtype=torch.float64)
     cost[si, ti] = 0.5 * (torch.log(var / lam2) + (lam2 + gain2 * m[ti]) / var - 1.0)
     return cost

@@ -48,7 +48,7 @@ from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..schedules.discrete import DiscreteSchedule
 from ..stepping import Step
-from ..variances import ReverseVariance, eta_var, make_variance, posterior_var, transition_var
+from ..variances import ReverseVariance, eps_gain, eta_var, make_variance, posterior_var, transition_var
 from .analytic import schedule_times
 from .dequantize import log_normal_mass
 from ..utils import check_positive_int
@@ -230,7 +230,8 @@ def discrete_vlb(
     q_lambda(x_s | x_t, x0), lambda^2 = eta^2 beta tilde (Bao et al. 2022a, eq. 3; the same
     marginals; eta = 0 has no finite bound). ``decoder`` 'discretized' (data on the n-bit
     lattice in [-1, 1]) or 'gaussian' (continuous data); ``decoder_variance`` as in the module
-    doc (a variance with ``decoder_var`` uses its own). One forward-noise draw per (sample,
+    doc (a variance with ``decoder_var`` gets it and returns its own: 'learned' interpolates from it,
+    analytic / sn / npr ignore it). One forward-noise draw per (sample,
     step), from per-sample streams of ``seed``; ``chunk`` steps share one batched model call.
     """
     rule = make_variance(variance)
@@ -263,9 +264,10 @@ def discrete_vlb(
     var_p = torch.as_tensor(rule(pred, step), dtype=torch.float64, device=x0.device)
     if eta == 1:  # DDPM: q is the posterior (Ho et al. 2020, eq. 7)
         kl = posterior_kl(x0d, hatd[1:], col(tr.c_x0[1:]), col(tr.small[1:]), var_p)
-    else:  # q_lambda: mean alpha_s x0 + sqrt(sigma_s^2 - lambda^2) (x_t - alpha_t x0) / sigma_t (Bao et al. 2022a, eq. 3)
-        var_q = eta_var(step, eta)
-        kl = posterior_kl(x0d, hatd[1:], step.alpha1 - (step.sigma1**2 - var_q) ** 0.5 * step.alpha0 / step.sigma0, var_q, var_p)
+    else:  # q_lambda: mean alpha_s x0 + sqrt(sigma_s^2 - lambda^2) (x_t - alpha_t x0) / sigma_t (Bao et al. 2022a, eq. 3),
+        # whose weight on x0 is alpha_s - sqrt(sigma_s^2 - lambda^2) alpha_t / sigma_t = eps_gain alpha_t / sigma_t
+        c_x0 = eps_gain(step, eta) * step.alpha0 / step.sigma0
+        kl = posterior_kl(x0d, hatd[1:], c_x0, eta_var(step, eta), var_p)
     kl = kl.flatten(2).sum(2).transpose(0, 1)  # (B, n-1)
     if isinstance(decoder_variance, str):
         if decoder_variance == "clipped":

@@ -31,13 +31,14 @@ from torch import Tensor
 
 from ..denoiser import Cond, Denoiser
 from ..learned_variance import interpolated_variance, var_interp
+from ..likelihood.analytic import schedule_times
 from ..likelihood.vlb import Transitions, decoder_nll, posterior_kl, transitions
 from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..utils import append_dims
 from .dsm import LossOutput, batch_rows, check_label_dropout, drop_labels, weighted_error
 from .importance import ImportanceTimeSampler
-from .time_sampling import make_time_sampler
+from .time_sampling import make_time_sampler, num_steps, step_index
 from .weighting import Weighting, make_weighting
 
 LOSS_KINDS: tuple[str, ...] = ("simple", "hybrid", "vlb")
@@ -46,10 +47,8 @@ TIME_KINDS: tuple[str, ...] = ("uniform", "importance")
 
 def step_transitions(schedule: NoiseSchedule) -> Transitions:
     """The ``Transitions`` of every knot 1/N, ..., 1 of a discrete schedule (a clear error otherwise)."""
-    n = getattr(schedule, "num_steps", None)
-    if not isinstance(n, int):
-        raise TypeError(f"the hybrid and vlb losses need a DiscreteSchedule (N steps), got {schedule!r}")
-    return transitions(schedule, torch.arange(1, n + 1, dtype=torch.float64) / n)
+    num_steps(schedule, "the hybrid and vlb losses need")
+    return transitions(schedule, schedule_times(schedule))
 
 
 def vlb_term(pred: Prediction, x0: Tensor, index: Tensor, table: Transitions, decoder: str = "discretized",
@@ -69,8 +68,11 @@ def vlb_term(pred: Prediction, x0: Tensor, index: Tensor, table: Transitions, de
     var_p = interpolated_variance(v.double(), small, large)
     x0d, hat = x0.double(), pred.x0.double()
     kl = posterior_kl(x0d, hat, pick(table.c_x0), small, var_p).flatten(1).sum(1)
-    dec = decoder_nll(x0d, hat, var_p, decoder, n_bits)
-    return torch.where(index.to(x0.device) == 0, dec, kl)
+    first = (idx == 0).nonzero().squeeze(1).to(x0.device)  # the decoder's rows, about B / N of them
+    if first.numel() == 0:
+        return kl
+    dec = decoder_nll(x0d[first], hat[first], var_p.expand_as(x0d)[first], decoder, n_bits)
+    return kl.index_copy(0, first, dec)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class HybridLoss:
         mean = f.detach() if self.kind == "hybrid" else f  # eq. 16: L_vlb does not move the mean
         pred = Prediction(x_t, alpha, sigma, raw=(mean, coeffs), var_interp=v)
         n = table.large.numel()
-        index = (t.detach().cpu().double() * n).round().long().clamp(1, n) - 1
+        index = step_index(t, n)
         vlb = n * vlb_term(pred, x0, index, table, self.decoder, self.n_bits) / (x0[0].numel() * math.log(2))
         vlb = vlb.to(x0.dtype)
         return vlb if self.kind == "vlb" else simple + self.vlb_weight * vlb

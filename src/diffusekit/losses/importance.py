@@ -19,14 +19,7 @@ from torch import Tensor
 
 from ..schedules.base import NoiseSchedule
 from ..utils import check_positive_int
-from .time_sampling import uniform_variates
-
-
-def _num_steps(schedule: NoiseSchedule) -> int:
-    n = getattr(schedule, "num_steps", None)
-    if not isinstance(n, int):
-        raise TypeError(f"importance sampling of t needs a DiscreteSchedule (N steps), got {schedule!r}")
-    return n
+from .time_sampling import num_steps, step_index, uniform_variates
 
 
 class ImportanceTimeSampler:
@@ -47,7 +40,7 @@ class ImportanceTimeSampler:
         self._pending: list[tuple[Tensor, Tensor]] = []
 
     def _tables(self, schedule: NoiseSchedule) -> int:
-        n = _num_steps(schedule)
+        n = num_steps(schedule, "importance sampling of t needs")
         if self.losses is None:
             self.losses = torch.zeros(n, self.history, dtype=torch.float64)
             self.count = torch.zeros(n, dtype=torch.int64)
@@ -68,8 +61,7 @@ class ImportanceTimeSampler:
         """The step index n - 1 in 0..N-1 of times t = n / N (CPU int64)."""
         if self.losses is None:
             raise ValueError("this importance sampler has not seen a schedule yet; draw times with it first")
-        n = self.losses.shape[0]
-        return (t.detach().to("cpu", torch.float64) * n).round().long().clamp(1, n) - 1
+        return step_index(t, self.losses.shape[0])
 
     def __call__(
         self,

@@ -93,7 +93,7 @@ class TimeSampler:
         if self.kind == "uniform":
             t = schedule.t_min + u * (schedule.t_max - schedule.t_min)
         elif self.kind == "discrete":
-            n_steps = _num_steps(schedule)
+            n_steps = num_steps(schedule)
             t = ((u * n_steps).floor().clamp(max=n_steps - 1) + 1) / n_steps
         else:
             z_lo, z_hi = self._z_range(schedule, u.device)
@@ -108,7 +108,7 @@ class TimeSampler:
         if self.kind == "uniform":
             return torch.full_like(t, 1.0 / (schedule.t_max - schedule.t_min))
         if self.kind == "discrete":
-            return torch.full_like(t, 1.0 / _num_steps(schedule))
+            return torch.full_like(t, 1.0 / num_steps(schedule))
         t64 = t.to(torch.float64)
         z_lo, z_hi = self._z_range(schedule, t.device)
         mass = torch.special.ndtr(z_hi) - torch.special.ndtr(z_lo)
@@ -120,11 +120,17 @@ class TimeSampler:
         return torch.where(pdf_z > 0, dens, torch.zeros_like(dens)).to(t.dtype)
 
 
-def _num_steps(schedule: NoiseSchedule) -> int:
+def num_steps(schedule: NoiseSchedule, needs: str = "the 'discrete' time distribution needs") -> int:
+    """N of a discrete schedule, or a TypeError "<needs> a DiscreteSchedule (N steps), got ..."."""
     n = getattr(schedule, "num_steps", None)
     if not isinstance(n, int):
-        raise TypeError(f"the 'discrete' time distribution needs a DiscreteSchedule, got {schedule!r}")
+        raise TypeError(f"{needs} a DiscreteSchedule (N steps), got {schedule!r}")
     return n
+
+
+def step_index(t: Tensor, n: int) -> Tensor:
+    """The 0-based DDPM step n - 1 in 0..N-1 of times t = n / N (CPU int64; Ho et al. 2020's t = n)."""
+    return (t.detach().to("cpu", torch.float64) * n).round().long().clamp(1, n) - 1
 
 
 TIME_SAMPLERS: Registry[TimeSampler] = Registry("time distribution")
