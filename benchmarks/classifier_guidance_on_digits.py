@@ -36,19 +36,17 @@ from pathlib import Path
 
 import torch
 
-from diffusekit.config import PRESETS
 from diffusekit.data import load_digits
 from diffusekit.image_grid import save_image_grid
 from diffusekit.metrics.classifier import classifier_features, classifier_frechet_distance
 from diffusekit.pipeline import (
     classifier_guided_denoiser,
     guided_denoiser,
-    load_run,
     low_density_denoiser,
     sample_denoiser,
-    train_run,
 )
 from diffusekit.train.classifier import CLASSIFIER_DIR, accuracy_at, load_classifier, train_classifier
+from guidance_on_digits import conditional_digits_run  # benchmarks/ is on the path as the script's folder
 
 RESULTS = Path(__file__).parent / "results"
 SHOWN = 6
@@ -76,11 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
-    if not (Path(args.run) / "checkpoints").is_dir():
-        train_run(PRESETS["digits"].with_overrides(["data.labels=true"]), args.run)
-    run = load_run(args.run)
-    classes = run.info.num_classes
-    assert classes is not None and run.config.data.labels, f"{args.run} is not a class-conditional run"
+    run, classes = conditional_digits_run(args.run)
     folder = Path(args.run) / CLASSIFIER_DIR
     if not (folder / "classifier.json").is_file():
         train_classifier(args.run, steps=args.clf_steps, progress=False)

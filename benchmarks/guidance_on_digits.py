@@ -28,11 +28,20 @@ import torch
 from diffusekit.config import PRESETS
 from diffusekit.image_grid import save_image_grid
 from diffusekit.metrics.classifier import classifier_features, classifier_frechet_distance
-from diffusekit.pipeline import guided_denoiser, load_run, sample_denoiser, train_run
+from diffusekit.pipeline import LoadedRun, guided_denoiser, load_run, sample_denoiser, train_run
 
 RESULTS = Path(__file__).parent / "results"
 SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)
 SHOWN = 6  # samples per class and scale in the grid
+
+
+def conditional_digits_run(path: str) -> tuple[LoadedRun, int]:
+    """The class-conditional digits run at ``path`` (the digits preset with labels, trained if absent)."""
+    if not (Path(path) / "checkpoints").is_dir():
+        train_run(PRESETS["digits"].with_overrides(["data.labels=true"]), path)
+    run = load_run(path)
+    assert run.info.num_classes is not None and run.config.data.labels, f"{path} is not a class-conditional run"
+    return run, run.info.num_classes
 
 
 def main() -> None:
@@ -43,11 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
-    if not (Path(args.run) / "checkpoints").is_dir():
-        train_run(PRESETS["digits"].with_overrides(["data.labels=true"]), args.run)
-    run = load_run(args.run)
-    classes = run.info.num_classes
-    assert classes is not None and run.config.data.labels, f"{args.run} is not a class-conditional run"
+    run, classes = conditional_digits_run(args.run)
     judge = classifier_features("digits")
     asked = torch.arange(classes).repeat_interleave(args.per_class)
     solver, nfe = run.config.sampling.solver, run.config.sampling.nfe
