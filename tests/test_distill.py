@@ -220,6 +220,32 @@ def test_the_ema_target_network_is_checkpointed_and_resumed(tmp_path) -> None:  
     assert any(changed)  # the target moved during training
 
 
+def test_a_student_of_a_learned_variance_teacher_keeps_its_mean_and_drops_the_head() -> None:
+    """No distillation loss trains a variance head, so the student has none (and its config says so): at
+    initialisation it predicts the teacher's mean exactly, and `sample --solver ddpm` cannot use a stale head."""
+    from diffusekit.config import PRESETS
+    from diffusekit.distill.runs import student_config, student_of
+    from diffusekit.pipeline import RunInfo, build_denoiser, build_network, check_variance_training
+
+    teacher_cfg = PRESETS["toy2d"].with_overrides(["data.labels=true", "diffusion.schedule='discrete'",
+                                                  "model.learn_variance=true", "diffusion.loss='hybrid'",
+                                                  "diffusion.time_sampling='uniform'"])
+    check_variance_training(teacher_cfg)
+    info = RunInfo((2,), 3)
+    torch.manual_seed(0)
+    teacher = build_denoiser(teacher_cfg, info)
+    torch.nn.init.normal_(teacher.net.out.weight)  # zero-initialised: give both halves of the output a value
+    torch.nn.init.normal_(teacher.net.out.bias)
+    cfg = student_config(teacher_cfg, name="s", steps=1, solver="ddim", nfe=2, grid=None, lr=1e-3)
+    check_variance_training(cfg)
+    assert not cfg.model.learn_variance and cfg.diffusion.loss == "simple"
+    student = student_of(teacher, cfg, info)
+    assert teacher.learns_variance and not student.learns_variance
+    x, t, y = torch.randn(5, 2), torch.rand(5, dtype=torch.float64) * 0.9 + 0.05, torch.tensor([0, 1, 2, 3, 1])
+    torch.testing.assert_close(student(x, t, y).x0, teacher(x, t, y).x0)
+    build_network(cfg, info).load_state_dict(student.net.state_dict())  # the run folder loads (pipeline.load_run)
+
+
 # ---- rectified flow and reflow -----------------------------------------------------------------
 
 

@@ -190,11 +190,11 @@ def distill_consistency(teacher: LoadedRun, out: str | Path, *, to: int = 1, ste
     initialised with the teacher's weights, the boundary preconditioning, one ``solver`` step of the teacher
     as the ODE step; it samples with the consistency solver on ``to`` steps."""
     p, null = label_dropout(teacher)
-    student = student_of(teacher.denoiser, ConsistencyParam())
-    loss = ConsistencyLoss(student.schedule, SolverStep(teacher.denoiser, solver), student.net, mu=mu, n=n,
-                           label_dropout=p, null_label=null)
     cfg = student_config(teacher.config, name=f"{teacher.config.name}-consistency", steps=steps, solver="consistency",
                          nfe=to, grid="uniform_angle", lr=lr, parameterization="consistency")
+    student = student_of(teacher.denoiser, cfg, teacher.info, ConsistencyParam())
+    loss = ConsistencyLoss(student.schedule, SolverStep(teacher.denoiser, solver), student.net, mu=mu, n=n,
+                           label_dropout=p, null_label=null)
     train_student(cfg, teacher.info, student, data_loader(cfg), loss, out,
                   {"method": "consistency", "teacher_solver": solver, "n": n, "mu": mu}, progress=progress)
     return Path(out)

@@ -118,7 +118,7 @@ def distill_progressive(teacher: LoadedRun, out: str | Path, *, to: int, start: 
         cfg = student_config(teacher.config, name=f"{teacher.config.name}-progressive-{n}", steps=steps, solver="ddim",
                              nfe=n, grid=grid, lr=lr)
         loss = ProgressiveLoss(current, n, grid=grid, label_dropout=p, null_label=null)
-        trainer = train_student(cfg, teacher.info, student_of(current), data_loader(cfg), loss, folder,
+        trainer = train_student(cfg, teacher.info, student_of(current, cfg, teacher.info), data_loader(cfg), loss, folder,
                                 {"method": "progressive", "teacher_steps": 2 * n, "student_steps": n, "grid": grid},
                                 progress=progress)
         current = trainer.ema_denoiser.eval()

@@ -174,7 +174,7 @@ def distill_reflow(teacher: LoadedRun, out: str | Path, *, rounds: int = 1, to: 
         pairs, labels = load_couplings(pairs_dir)
         cfg = student_config(teacher.config, name=f"{teacher.config.name}-{label}", steps=steps, solver="euler",
                              nfe=1 if distill else to, grid="uniform_t", lr=lr)
-        trainer = train_student(cfg, teacher.info, student_of(current), data_loader(cfg, pairs, labels),
+        trainer = train_student(cfg, teacher.info, student_of(current, cfg, teacher.info), data_loader(cfg, pairs, labels),
                                 ReflowLoss(one_step=distill, label_dropout=p, null_label=null), folder,
                                 {"method": "reflow", "stage": label, "couplings": couplings, "coupling_nfe": nfe},
                                 progress=progress)
