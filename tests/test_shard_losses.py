@@ -1,4 +1,4 @@
-"""The noisy classifier's loss and the distillation losses train on shards like ``DSMLoss``: rows ``offset`` to
+"""The noisy classifier's loss, the distillation losses and the imputation loss train on shards like ``DSMLoss``: rows ``offset`` to
 ``offset + B`` of a global batch draw the whole batch's randomness and keep their rows, so data-parallel ranks and
 gradient-accumulation micro-batches see exactly the single-process batch (the one-process simulation of ranks in
 ``test_distributed.py``)."""
@@ -19,7 +19,9 @@ from diffusekit.distill.reflow import ReflowLoss
 from diffusekit.distill.teacher_step import SolverStep
 from diffusekit.models import MLP
 from diffusekit.models.noisy_classifier import NoisyClassifier, TimeClassifier
+from diffusekit.models.series import SeriesNet
 from diffusekit.parameterization import ConsistencyParam
+from diffusekit.tasks.imputation import ImputationLoss
 from diffusekit.train import TrainConfig, Trainer
 from diffusekit.train.classifier import ClassifierLoss
 
@@ -48,19 +50,27 @@ def consistency(time: str, distil: bool) -> Callable[[], tuple[Callable[..., Any
     return make
 
 
+def imputation() -> tuple[Callable[..., Any], Any]:
+    net = SeriesNet(2, width=16, depth=1)
+    for p in net.out.parameters():  # not the zero init: the outputs must matter
+        torch.nn.init.normal_(p, std=0.3)
+    return ImputationLoss(p_forecast=0.5), dk.Denoiser(net, dk.VPSchedule(), "eps")
+
+
 def reflow() -> tuple[Callable[..., Any], Any]:
     return ReflowLoss(label_dropout=0.3, null_label=3), mlp_denoiser(dk.FlowSchedule(), "velocity")
 
 
 LOSSES = {"classifier": classifier, "progressive": progressive, "consistency": consistency("uniform", True),
-          "consistency-training": consistency("lognormal", False), "reflow": reflow}
+          "consistency-training": consistency("lognormal", False), "reflow": reflow, "imputation": imputation}
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_shards_of_a_global_batch_are_the_whole_batch(name: str) -> None:
     torch.manual_seed(0)
     loss, model = LOSSES[name]()
-    x = torch.randn(12, 2, 2) if name == "reflow" else torch.randn(12, 2)  # reflow: (data, coupled noise) pairs
+    # reflow: (data, coupled noise) pairs; imputation: windows (K = 2 series, L = 6)
+    x = torch.randn(12, 2, 2) if name == "reflow" else torch.randn(12, 2, 6) if name == "imputation" else torch.randn(12, 2)
     y = torch.arange(12) % 3
     with torch.no_grad():
         whole = loss(model, x, y, generator=torch.Generator().manual_seed(5))
