@@ -368,7 +368,8 @@ def vlb_metric(
         lattice: dict[str, Any] = {"decoder": "discretized", "n_bits": math.log2(data.levels)}
     elif discrete:  # continuous data: the width of q(x_1 | x0) in x0, or the rule's own decoder variance (learned:
         # interpolated from 'clipped', as in training)
-        lattice = {"decoder": "gaussian", "decoder_variance": "clipped" if hasattr(rule, "decoder_var") else "likelihood"}
+        own = hasattr(rule, "decoder_var")
+        lattice = {"decoder": "gaussian", "decoder_variance": "clipped" if own else "likelihood"}
     else:
         lattice = {}
     per_item, calls = [], 0
@@ -410,7 +411,8 @@ def run_vlb_metric(
     default the run's sampling steps); without ``variance``, ``trajectory`` and ``k``, on every training step
     (and VDM's continuous bound on a continuous schedule)."""
     cond = data.labels if run.config.data.labels else None
-    if not isinstance(run.denoiser.schedule, DiscreteSchedule) and variance is None and trajectory is None and k is None:
+    asked = variance is not None or trajectory is not None or k is not None
+    if not isinstance(run.denoiser.schedule, DiscreteSchedule) and not asked:
         return vlb_metric(run.denoiser, data, cond=cond, batch=batch, seed=seed, progress=progress)
     name = variance or default_variance(run)
     rule = run_variance(run, run_dir, name)
@@ -473,8 +475,8 @@ def evaluate_run(
     ``metrics`` is a comma list or sequence of :data:`METRICS` (default: :func:`default_metrics`);
     ``solver`` / ``nfe`` default to the run's sampling config. Sample-quality metrics are
     skipped from sampling when only ``nll`` / ``vlb`` are asked. ``vlb`` is the bound of the DDPM sampler with
-    ``variance`` on the ``nfe``-step ``trajectory`` when given (:func:`run_vlb_metric`). Returns a JSON-ready dict (complete on
-    rank 0 of a ``world`` of several processes; the other ranks skip ``nll`` and ``vlb``).
+    ``variance`` on the ``nfe``-step ``trajectory`` when given (:func:`run_vlb_metric`). Returns a JSON-ready
+    dict (complete on rank 0 of a ``world`` of several processes; the other ranks skip ``nll`` and ``vlb``).
     """
     check_positive_int("n", n)
     world = world or World()
