@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .config import MAX_NFE
+from .tasks.imputation import SOLVER as IMPUTE_SOLVER
 
 
 class InputError(click.ClickException):
@@ -507,7 +508,8 @@ def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int 
 @click.argument("run_dir")
 @click.argument("input_path", metavar="INPUT.csv")
 @click.option("--samples", type=click.IntRange(min=2), default=100, show_default=True, help="draws per cell")
-@click.option("--solver", default="ddpm", show_default=True, help="solver name")
+@click.option("--solver", default=IMPUTE_SOLVER, show_default=True,
+              help="solver name (DDPM draws too narrow intervals, benchmarks/RESULTS.md)")
 @click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", default=None, help="output CSV (default INPUT-imputed.csv)")
