@@ -273,7 +273,7 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
             sol = sample_with_variance(run, run_dir, name, variance, trajectory,
                                        nfe or run.config.sampling.nfe, total, seed=seed,
                                        cond=None if cond is None else cond.to(world.device), denoiser=denoiser,
-                                       constraints=constraints, **opts)  # not sharded: each process draws all
+                                       constraints=constraints, world=world, **opts)
         else:
             sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
                                   grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,

@@ -20,10 +20,11 @@ from .data.images import lattice_levels
 from .files import atomic_write
 from .likelihood.analytic import NoiseMoments, run_moments
 from .likelihood.trajectory import TRAJECTORIES, make_trajectory, trajectory_grid
-from .pipeline import LoadedRun, load_run, load_training_data
-from .sample import Solution, sample
+from .pipeline import LoadedRun, load_run, load_training_data, sample_sharded
+from .sample import Solution
 from .schedules.discrete import DiscreteSchedule
 from .solvers import make_solver
+from .train.distributed import World, barrier
 from .variance_heads import HEAD_KINDS, MomentHead, check_kind, train_head
 from .variances import ReverseVariance, make_variance
 
@@ -111,19 +112,27 @@ def _bin_width(run: LoadedRun) -> float | None:
 
 def sample_with_variance(run: LoadedRun, run_dir: str | Path, solver: str, variance: str | None, trajectory: str | None, k: int,
                          n: int, *, seed: int = 0, cond: Any = None, progress: bool = True,
-                         denoiser: Any = None, constraints: Any = (), **options: Any) -> Solution:
+                         denoiser: Any = None, constraints: Any = (), world: World | None = None,
+                         **options: Any) -> Solution:
     """``n`` samples by DDPM or DDIM(eta) with ``variance`` on a K-step ``trajectory`` (K model calls), from
     ``denoiser`` (a guided wrapper of the run's; default the run's own), with the loop's ``constraints``.
-    ``variance`` defaults to :func:`default_variance`, ``trajectory`` to even."""
+    ``variance`` defaults to :func:`default_variance`, ``trajectory`` to even. Sharded over a ``world`` of
+    several processes as ``pipeline.sample_sharded`` (rank 0 estimates and stores missing Analytic-DPM moments first)."""
     if solver not in ANCESTRAL:
         raise ValueError(f"--variance and --trajectory apply to the ancestral samplers ({', '.join(ANCESTRAL)}), got {solver!r}")
     eta = float(options.get("eta", 0.0 if solver == "ddim" else 1.0))
+    world = world or World()
+    if world.distributed and (variance == "analytic" or trajectory == "dp"):
+        _discrete(run)  # refused on every rank, before any waits for rank 0
+        if world.is_main:
+            moments_of(run, run_dir)  # estimated once and stored; the other ranks read the file
+        barrier(world)
     rule = run_variance(run, run_dir, variance or default_variance(run), eta=eta, first_step_clip=_bin_width(run))
     idx = run_trajectory(run, run_dir, trajectory or "even", k, eta=eta)
     grid = trajectory_grid(run.denoiser.schedule, idx)
     made = make_solver(solver, **{**options, "variance": rule})
-    return sample(denoiser or run.denoiser, made, shape=run.info.data_shape, batch=n, grid=grid, seed=seed, cond=cond,
-                  progress=progress, constraints=constraints)
+    return sample_sharded(denoiser or run.denoiser, made, grid, run.info.data_shape, n, seed=seed, cond=cond,
+                          progress=progress, world=world, constraints=constraints)
 
 
 def train_run_head(run_dir: str | Path, kind: str, *, steps: int = 2000, batch: int = 256, lr: float = 1e-3,
