@@ -4,13 +4,17 @@ s Sigma grad log p(y | x_t), on the labelled oracle with the exact p(y | x_t).""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import diffusekit as dk
 
+from .test_conditional import cond  # noqa: F401 (fixture: a 3-class conditional toy run)
 from .test_guidance import conditional_responsibilities, labelled
+from .test_run_folder import refused, run
 
 F64 = torch.float64
 
@@ -97,3 +101,32 @@ def test_mean_shift_refuses_what_it_cannot_do() -> None:
         guide()(torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
         dk.MeanShiftClassifierGuidance(mix, mix.class_log_prob, -1.0)
+
+
+# ---- the command line -------------------------------------------------------------------------
+def test_mean_shift_from_the_cli(cond: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``--classifier-form mean-shift``: ddpm by default; s = 0 is the unguided ddpm run; s = 2 moves the samples;
+    ddim with eta > 0 is accepted, other solvers and misuse are refused in one line."""
+    folder = tmp_path / "clf"
+    code, text = run("train-classifier", str(cond), "--steps", "20", "--width", "16", "--out", str(folder), "--quiet")
+    assert code == 0, text
+
+    def draw_cli(name: str, *args: str) -> np.ndarray:
+        code, text = run("sample", str(cond), "--n", "6", "--nfe", "8", "--out", str(tmp_path / name), *args)
+        assert code == 0, text
+        return np.load(tmp_path / name)
+
+    shift = ("--class", "1", "--classifier", str(folder), "--classifier-form", "mean-shift")
+    plain = draw_cli("u.npy", "--solver", "ddpm")
+    np.testing.assert_allclose(draw_cli("s0.npy", *shift, "--scale", "0"), plain, atol=1e-6)
+    guided = draw_cli("s2.npy", *shift, "--scale", "2")
+    assert np.isfinite(guided).all() and not np.allclose(guided, plain, atol=1e-4)
+    np.testing.assert_allclose(draw_cli("d2.npy", *shift, "--scale", "2", "--solver", "ddpm"), guided)
+    assert draw_cli("e.npy", *shift, "--solver", "ddim", "--option", "eta=0.5").shape == (6, 2)
+    refused(["sample", str(cond), *shift, "--solver", "dpmpp_2m"], cond,
+            "classifier guidance form 'mean-shift'", "allowed: ddpm, or ddim with eta > 0; got solver 'dpmpp_2m'")
+    refused(["sample", str(cond), *shift, "--solver", "ddim"], cond, "got solver 'ddim'")
+    refused(["sample", str(cond), "--class", "1", "--classifier", str(folder), "--classifier-form", "shifted"], cond,
+            "--classifier-form must be one of score, mean-shift, got 'shifted'")
+    refused(["sample", str(cond), "--class", "1", "--classifier-form", "mean-shift"], cond,
+            "--classifier-form goes with --classifier guidance")

@@ -144,6 +144,30 @@ def test_the_boundary_preconditioning_is_the_identity_at_sigma_min() -> None:
         torch.testing.assert_close(u, v)
 
 
+@pytest.mark.parametrize("inner", ["eps", "v", "x0", "edm"])
+def test_a_consistency_student_of_any_teacher_starts_as_its_denoiser(inner: str) -> None:
+    """The boundary preconditioning wraps the teacher's parameterization: f(x, s_min) = x_hat exactly, and with
+    the teacher's weights f is the teacher's x0 estimate wherever s >> s_min (eps teachers: DDPM, LCM's case)."""
+    from diffusekit.models import mlp_preset
+    from diffusekit.parameterization import consistency_name, make_parameterization
+
+    param = make_parameterization(consistency_name(inner))
+    alpha, sigma = torch.tensor([0.8, 0.3], dtype=torch.float64), torch.tensor([0.8 * 0.002, 0.3 * 0.002], dtype=torch.float64)
+    c = param.coefficients(alpha, sigma)
+    torch.testing.assert_close(c.c_skip * alpha, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(c.c_out, torch.zeros(2, dtype=torch.float64))
+    torch.manual_seed(0)
+    net = mlp_preset("tiny", 2)
+    torch.nn.init.normal_(net.out.weight, std=0.3)
+    schedule = dk.VPSchedule()
+    teacher, student = dk.Denoiser(net, schedule, inner), dk.Denoiser(net, schedule, param)
+    x, t = torch.randn(6, 2), torch.linspace(0.3, 1.0, 6, dtype=torch.float64)  # s = sigma / alpha from 0.6 to 6.5
+    f, d = student(x, t), teacher(x, t)
+    x_hat = x / dk.utils.append_dims(f.alpha, 2)
+    assert bool(((f.x0 - d.x0).abs() <= 0.01 * (x_hat.abs() + d.x0.abs())).all())  # f - D = a x_hat + (b - 1) D, small
+    assert param.name == consistency_name(inner) and make_parameterization(param.name) == param
+
+
 def test_one_step_consistency_sampling_of_the_exact_function_is_the_exact_ode_sample() -> None:
     schedule = dk.EDMSchedule()
     oracle = smooth_mixture(schedule, dim=2)
@@ -186,6 +210,8 @@ def test_the_consistency_curriculum_and_levels() -> None:
     assert [curriculum(k, 800) for k in (0, 99, 100, 200, 799)] == [11, 11, 21, 41, 1281]
     t = consistency_times(dk.EDMSchedule(), 18, 0.002)
     assert float(t[0]) == pytest.approx(0.002) and float(t[-1]) == pytest.approx(80.0) and bool((t[1:] > t[:-1]).all())
+    for schedule in (dk.VPSchedule(), dk.make_schedule("discrete")):  # s(t_max) ~ 150: sampling starts above 80
+        assert float(consistency_times(schedule, 18, 0.002)[-1]) == pytest.approx(schedule.t_max)  # trained where sampled
     with pytest.raises(ValueError, match="unknown consistency distance 'lpips'; allowed: l2, pseudo_huber"):
         ConsistencyLoss(dk.EDMSchedule(), distance="lpips", mu=0.0)
 

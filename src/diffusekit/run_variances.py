@@ -112,11 +112,12 @@ def _bin_width(run: LoadedRun) -> float | None:
 
 def sample_with_variance(run: LoadedRun, run_dir: str | Path, solver: str, variance: str | None, trajectory: str | None, k: int,
                          n: int, *, seed: int = 0, cond: Any = None, progress: bool = True,
-                         denoiser: Any = None, world: World | None = None, **options: Any) -> Solution:
+                         denoiser: Any = None, constraints: Any = (), world: World | None = None,
+                         **options: Any) -> Solution:
     """``n`` samples by DDPM or DDIM(eta) with ``variance`` on a K-step ``trajectory`` (K model calls), from
-    ``denoiser`` (a guided wrapper of the run's; default the run's own). ``variance`` defaults to
-    :func:`default_variance`, ``trajectory`` to even. Sharded over a ``world`` of several processes as
-    ``pipeline.sample_sharded`` (rank 0 estimates and stores missing Analytic-DPM moments first)."""
+    ``denoiser`` (a guided wrapper of the run's; default the run's own), with the loop's ``constraints``.
+    ``variance`` defaults to :func:`default_variance`, ``trajectory`` to even. Sharded over a ``world`` of
+    several processes as ``pipeline.sample_sharded`` (rank 0 estimates and stores missing Analytic-DPM moments first)."""
     if solver not in ANCESTRAL:
         raise ValueError(f"--variance and --trajectory apply to the ancestral samplers ({', '.join(ANCESTRAL)}), got {solver!r}")
     eta = float(options.get("eta", 0.0 if solver == "ddim" else 1.0))
@@ -131,7 +132,7 @@ def sample_with_variance(run: LoadedRun, run_dir: str | Path, solver: str, varia
     grid = trajectory_grid(run.denoiser.schedule, idx)
     made = make_solver(solver, **{**options, "variance": rule})
     return sample_sharded(denoiser or run.denoiser, made, grid, run.info.data_shape, n, seed=seed, cond=cond,
-                          progress=progress, world=world)
+                          progress=progress, world=world, constraints=constraints)
 
 
 def train_run_head(run_dir: str | Path, kind: str, *, steps: int = 2000, batch: int = 256, lr: float = 1e-3,
