@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .config import MAX_NFE
+from .tasks.imputation import SOLVER as IMPUTE_SOLVER
 
 
 class InputError(click.ClickException):
@@ -269,10 +270,10 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         if ancestral:
             from .run_variances import sample_with_variance
 
-            sol = sample_with_variance(run, run_dir, name, variance or "small", trajectory or "even",
+            sol = sample_with_variance(run, run_dir, name, variance, trajectory,
                                        nfe or run.config.sampling.nfe, total, seed=seed,
                                        cond=None if cond is None else cond.to(world.device), denoiser=denoiser,
-                                       constraints=constraints, **opts)  # not sharded: each process draws all
+                                       constraints=constraints, world=world, **opts)
         else:
             sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
                                   grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
@@ -412,18 +413,21 @@ def distill(run_dir: str, method: str, to: int, out: str | None, quiet: bool, **
 @click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
               help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
 @click.option("--vlb", "vlb_only", is_flag=True,
-              help="instead: the bound of the ddpm sampler with --variance on --trajectory at K = --nfe steps")
-@click.option("--variance", default="small", show_default=True, help="with --vlb: analytic, sn, npr, small, large, learned")
-@click.option("--trajectory", default="even", show_default=True, help="with --vlb: even, quadratic, dp")
+              help="instead: only the bound (vlb metric) into RUN_DIR/vlb.json; here --nfe K alone means --trajectory even")
+@click.option("--variance", default=None, help="the bound's ddpm reverse variance: analytic, sn, npr, small, large, "
+              "learned (default: learned on a run with a variance head, else small)")
+@click.option("--trajectory", default=None, help="the bound on a K = --nfe step trajectory: even, quadratic, dp "
+              "(default: every training step)")
 @click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
-                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str, trajectory: str,
-                 out: str | None, quiet: bool) -> None:
-    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB.
-    Under torchrun, sampling and feature extraction are shared among the processes."""
+                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str | None,
+                 trajectory: str | None, out: str | None, quiet: bool) -> None:
+    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB (the bound of
+    the ddpm sampler with --variance on --trajectory; by default the run's learned variance, if it has a variance
+    head, else small, on every training step). Under torchrun, sampling and feature extraction are shared among the processes."""
     if vlb_only:
-        from .run_variances import vlb_command
+        from .evaluate import vlb_command
 
         try:
             click.echo(vlb_command(run_dir, variance, trajectory, nfe, count, seed, batch, out, progress=not quiet))
@@ -445,7 +449,8 @@ def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | No
             if solver is not None:
                 make_solver(solver)
             result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
-                                  progress=not quiet, nll_options=ode, world=world)
+                                  progress=not quiet, nll_options=ode, world=world, variance=variance,
+                                  trajectory=trajectory)
         except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
             _refuse(e)
     if not world.is_main:
@@ -503,7 +508,8 @@ def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int 
 @click.argument("run_dir")
 @click.argument("input_path", metavar="INPUT.csv")
 @click.option("--samples", type=click.IntRange(min=2), default=100, show_default=True, help="draws per cell")
-@click.option("--solver", default="ddpm", show_default=True, help="solver name")
+@click.option("--solver", default=IMPUTE_SOLVER, show_default=True,
+              help="solver name (DDPM draws too narrow intervals, benchmarks/RESULTS.md)")
 @click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", default=None, help="output CSV (default INPUT-imputed.csv)")

@@ -33,9 +33,9 @@ from .losses.hybrid import HybridLoss
 from .models import mlp_preset, unet_preset
 from .noise import sample_keys
 from .sample import GRID_POLICIES, Solution, grid_rule, sample, steps_for_nfe
-from .schedules import GRIDS, make_grid, make_schedule
+from .schedules import GRIDS, Grid, make_grid, make_schedule
 from .solvers import make_solver
-from .stepping import Constraint
+from .stepping import Constraint, Solver
 from .train import (
     Checkpoint,
     CheckpointMismatchError,
@@ -474,7 +474,33 @@ def sample_denoiser(
 ) -> Solution:
     """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls; DDPM on a model
     with a variance head uses its learned variance unless ``variance`` is given. ``constraints``: the
-    loop's hooks (e.g. a ``MeanShiftClassifierGuidance`` that is also the denoiser).
+    loop's hooks (e.g. a ``MeanShiftClassifierGuidance`` that is also the denoiser). Sharded over a
+    ``world`` of several processes as :func:`sample_sharded`.
+    """
+    if solver_name == "ddpm" and getattr(denoiser, "learns_variance", False):
+        options.setdefault("variance", "learned")
+    solver = make_solver(solver_name, **options)
+    steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
+    g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)
+    return sample_sharded(denoiser, solver, g, info.data_shape, n, seed=seed, cond=cond,
+                          save_trajectory=save_trajectory, progress=progress, world=world, constraints=constraints)
+
+
+def sample_sharded(
+    denoiser: DenoiserLike,
+    solver: Solver,
+    grid: Grid,
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    seed: int = 0,
+    cond: Tensor | None = None,
+    save_trajectory: bool = False,
+    progress: bool = False,
+    world: World | None = None,
+    constraints: Sequence[Constraint] = (),
+) -> Solution:
+    """``n`` samples of ``shape`` by ``solver`` on ``grid``, ``cond`` (n, ...) or None, with the loop's ``constraints``.
 
     With a ``world`` of several processes each rank samples its :func:`shard` of the ``n`` indices
     with those indices' own noise streams (``noise.sample_keys``) and the samples are gathered on
@@ -482,18 +508,13 @@ def sample_denoiser(
     depend on the batch; an adaptive solver's steps follow each shard's own error estimate).
     The trajectory, if saved, is this rank's shard's.
     """
-    if solver_name == "ddpm" and getattr(denoiser, "learns_variance", False):
-        options.setdefault("variance", "learned")
-    solver = make_solver(solver_name, **options)
-    steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
-    g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)
     world = world or World()
     if n < world.size:
         raise ValueError(f"cannot share {n} samples among {world.size} processes; allowed: at least {world.size} samples")
     rows = shard(n, world)
     index = torch.arange(n)[rows]
     sol = sample(
-        denoiser, solver, shape=info.data_shape, batch=index.numel(), grid=g,
+        denoiser, solver, shape=shape, batch=index.numel(), grid=grid,
         seed=sample_keys(seed, index) if world.distributed else seed, cond=None if cond is None else cond[rows],
         save_trajectory=save_trajectory, progress=progress and world.is_main, constraints=constraints,
     )
