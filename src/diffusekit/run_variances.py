@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from .data.images import lattice_levels
 from .files import atomic_write
-from .likelihood.analytic import NoiseMoments, run_moments
+from .likelihood.analytic import MOMENTS_FILE, NoiseMoments, run_moments
 from .likelihood.trajectory import TRAJECTORIES, make_trajectory, trajectory_grid
 from .pipeline import LoadedRun, load_run, load_training_data, sample_sharded
 from .sample import Solution
@@ -64,6 +64,8 @@ def _discrete(run: LoadedRun) -> None:
 def moments_of(run: LoadedRun, run_dir: str | Path, samples: int = 100, seed: int = 0) -> NoiseMoments:
     """The run's Analytic-DPM moments: stored, or estimated over its training data and stored."""
     _discrete(run)
+    if (Path(run_dir) / MOMENTS_FILE).is_file():  # stored: do not load the training data (tens of seconds for images)
+        return NoiseMoments.load(Path(run_dir) / MOMENTS_FILE)
     x, labels = load_training_data(run.config)
     return run_moments(run_dir, run.denoiser, x, samples=samples, seed=seed, cond=labels if run.config.data.labels else None)
 
@@ -137,13 +139,13 @@ def sample_with_variance(run: LoadedRun, run_dir: str | Path, solver: str, varia
 
 def train_run_head(run_dir: str | Path, kind: str, *, steps: int = 2000, batch: int = 256, lr: float = 1e-3,
                    seed: int = 0, progress: bool = True) -> Path:
-    """Train an SN or NPR head on the run's frozen (EMA) model over its training data; stored in the run."""
+    """Train an SN or NPR head on the run's frozen (EMA) model over its training data (a class-conditional
+    run: each item with its own label, as ``moments_of``); stored in the run."""
     run = load_run(run_dir)
     _discrete(run)
-    if run.config.data.labels:
-        raise ValueError("heads for class-conditional runs are not supported; allowed: an unconditional run")
-    x, _ = load_training_data(run.config)
+    x, labels = load_training_data(run.config)
     for p in run.denoiser.parameters():
         p.requires_grad_(False)
-    head = train_head(run.denoiser, x, kind, steps=steps, batch=batch, lr=lr, seed=seed, progress=progress)
+    head = train_head(run.denoiser, x, kind, steps=steps, batch=batch, lr=lr, seed=seed,
+                      cond=labels if run.config.data.labels else None, progress=progress)
     return save_head(run_dir, head)
