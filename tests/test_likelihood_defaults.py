@@ -203,3 +203,22 @@ def test_error_estimate_survives_a_vanishing_fourth_difference() -> None:
         err = abs(boole - exact)
         assert err > 2 * simpson_gap and float(rule.panel_errors(vals)[0]) >= err, (c, err, simpson_gap)
     assert np.isclose(sum(PanelRule(0.0, 3.0).weights().values()), 3.0)
+
+
+def test_t_inflation_restores_three_se_coverage_with_few_probes() -> None:
+    """A stratified mean of normal draws, 3 per stratum: +-3 plain SE covers ~97-98%; +-3 inflated SE
+    (Welch-Satterthwaite degrees of freedom, Student-t) covers 99.73% within Monte-Carlo error."""
+    from diffusekit.likelihood.ode import _t_inflation
+
+    g = torch.Generator().manual_seed(0)
+    b, n = 20000, 3
+    scales = [1.0, 0.5, 2.0]
+    draws = [s * torch.randn(b, n, generator=g, dtype=torch.float64) for s in scales]
+    terms = [d.var(1) / n for d in draws]
+    se = sum(terms).sqrt()
+    err = sum(d.mean(1) for d in draws).abs()
+    plain = float((err <= 3 * se).double().mean())
+    k = _t_inflation(terms, [n] * len(scales))
+    inflated = float((err <= 3 * k * se).double().mean())
+    assert plain < 0.985 and bool((k >= 1).all()), plain
+    assert abs(inflated - 0.9973) < 0.002, inflated

@@ -60,6 +60,7 @@ accurate at the smallest noise levels. The default is the schedule's ``t_min``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,10 +162,8 @@ class _Coordinates:
 
 def _probe_vectors(x: Tensor, n: int, noise: str, src: NoiseSource, stream: int) -> Tensor:
     """(P, B, *shape) probes from per-sample streams (a sample's probes never depend on its batch)."""
-    z = src.normal(stream, (n, *x.shape[1:]), x.dtype).movedim(1, 0)
-    if noise == "rademacher":
-        z = torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
-    return z.contiguous()
+    draw = src.rademacher if noise == "rademacher" else src.normal
+    return draw(stream, (n, *x.shape[1:]), x.dtype).movedim(1, 0).contiguous()
 
 
 def _basis(x: Tensor) -> Tensor:
@@ -451,7 +450,32 @@ def _adaptive_quadrature(
             var = variance()
     ops.clear()
     total = sum(w[i] * (fresh[i].mean(1) + corr[i] + base.get(i, 0.0)) for i in members)
+    if not exact:
+        var = var * _t_inflation([w[i] ** 2 * fresh[i].var(1) / fresh[i].shape[1] for i in members],
+                                 [fresh[i].shape[1] for i in members]) ** 2
     return total, var, err, path[slot[int(order[-1])][1]], len(members)
+
+
+def _t_inflation(terms: list[Tensor], counts: list[int]) -> Tensor:
+    """Factor (B,) >= 1 on a stratified standard error sqrt(sum_q v_q) so that +-3 of them is the
+    99.73% Student-t interval (the normal's +-3) at the Welch-Satterthwaite degrees of freedom
+    nu = (sum_q v_q)^2 / sum_q v_q^2 / (n_q - 1) (Satterthwaite 1946, eq. 9): with few probes at the
+    nodes that dominate a sample's variance, the variance estimate itself is uncertain."""
+    total = sum(terms)
+    spread = sum(v**2 / (n - 1) for v, n in zip(terms, counts))
+    log_nu = (total**2 / spread.clamp_min(1e-300)).clamp(1.0, 1e6).log().cpu().numpy()
+    grid, factor = _t_factor_table()
+    return torch.as_tensor(np.interp(log_nu, grid, factor), dtype=total.dtype, device=total.device)
+
+
+@functools.lru_cache(maxsize=1)
+def _t_factor_table() -> tuple[np.ndarray, np.ndarray]:
+    """(log nu, t_nu quantile / 3) at the normal's +-3 two-sided level, on 200 points of nu in [1, 1e6]."""
+    from scipy.special import stdtrit
+
+    log_nu = np.linspace(0.0, math.log(1e6), 200)
+    upper = 1.0 - 0.5 * math.erfc(3.0 / math.sqrt(2.0))  # the normal's 3-sigma quantile
+    return log_nu, np.maximum(stdtrit(np.exp(log_nu), upper) / 3.0, 1.0)
 
 
 def _prior_mean_term(flow: "_Flow", z: Tensor, t1: float) -> Tensor:
