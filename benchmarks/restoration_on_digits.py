@@ -66,8 +66,10 @@ def wiener(op: GaussianBlur, y: Tensor, train: Tensor, noise_std: float) -> Tens
     return (mu + torch.fft.irfft2(resid * gain, s=op.size)).float()
 
 
-def tasks(train: Tensor, blur_std: float) -> dict[str, tuple[LinearOperator, float, dict[str, Callable[[Tensor], Tensor]],
-                                                         tuple[str, ...]]]:
+Task = tuple[LinearOperator, float, dict[str, Callable[[Tensor], Tensor]], tuple[str, ...]]
+
+
+def tasks(train: Tensor, blur_std: float) -> dict[str, Task]:
     """name -> (operator, noise std, baselines y -> x, diffusion methods)."""
     mean = train.mean(0, keepdim=True)
     shape = tuple(train.shape[1:])
