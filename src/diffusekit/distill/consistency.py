@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Cond, Denoiser, DenoiserLike
-from ..losses.dsm import LossOutput, drop_labels
+from ..losses.dsm import LossOutput, batch_normal, batch_rows, drop_labels
 from ..parameterization import ConsistencyParam, consistency_name
 from ..pipeline import LoadedRun, build_network
 from ..schedules.base import NoiseSchedule
@@ -151,19 +151,21 @@ class ConsistencyLoss:
             return denoiser
         return Denoiser(self._ema.module, denoiser.schedule, denoiser.parameterization)  # type: ignore[attr-defined]
 
-    def __call__(self, denoiser: DenoiserLike, x0: Tensor, cond: Cond = None,
-                 generator: torch.Generator | None = None) -> LossOutput:
+    def __call__(self, denoiser: DenoiserLike, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,
+                 offset: int = 0, global_batch: int | None = None) -> LossOutput:
+        """The loss of a batch; ``offset``/``global_batch``: these rows of a larger batch whose draws (dropout,
+        level index, noise, in that order) are made whole, as ``DSMLoss`` (data-parallel ranks, micro-batches)."""
         device = generator.device if generator is not None else x0.device
-        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
+        n, rows = batch_rows(x0.shape[0], offset, global_batch)
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n)
         t, s = self._levels()
-        b = x0.shape[0]
         if self.time == "uniform":
-            idx = torch.randint(0, t.numel() - 1, (b,), generator=generator, device=device).cpu()
+            idx = torch.randint(0, t.numel() - 1, (n,), generator=generator, device=device)[rows].cpu()
         else:
             probs = lognormal_index_probs(s).to(device)
-            idx = torch.multinomial(probs, b, replacement=True, generator=generator).cpu()
+            idx = torch.multinomial(probs, n, replacement=True, generator=generator)[rows].cpu()
         t_lo, t_hi = t[idx], t[idx + 1]
-        z = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        z = batch_normal(x0, n, rows, generator, device)
         x_hi = self.schedule.add_noise(x0, t_hi.to(x0.device), z)
         with torch.no_grad():
             if self.teacher is not None:

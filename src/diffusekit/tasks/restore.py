@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..denoiser import DenoiserLike
+from ..denoiser import Cond, DenoiserLike
 from ..sample import Solution, sample
 from ..schedules.grids import make_grid
 from ..solvers import make_solver
@@ -39,6 +39,7 @@ def restore(
     jump_length: int = 5,
     resamples: int = 5,
     seed: int = 0,
+    cond: Cond = None,
     progress: bool = False,
 ) -> Solution:
     """Restore one x0 of ``shape`` per row of ``y`` (B, ...) with ``method`` at ``steps`` DDPM steps.
@@ -46,7 +47,8 @@ def restore(
     ``noise_std``: the measurement's noise (PiGDM's weighting; the projections treat y as noiseless);
     ``data_var``: PiGDM's prior variance v; ``zeta``: the DPS step; ``jump_length`` and
     ``resamples``: RePaint's schedule (steps + (resamples - 1) jump_length (steps / jump_length - 1)
-    model calls).
+    model calls). ``cond``: the denoiser's condition (e.g. the null label to use a model trained with label
+    dropout unconditionally).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
@@ -65,4 +67,4 @@ def restore(
         model = DPS(denoiser, operator, y, zeta=zeta)
         constraints = [model]
     return sample(model, solver, grid=grid, shape=shape, batch=y.shape[0], constraints=constraints, seed=seed,
-                  device=y.device, progress=progress)
+                  cond=cond, device=y.device, progress=progress)
