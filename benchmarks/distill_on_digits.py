@@ -88,12 +88,13 @@ DIGITS = Setting(
     2000, ("students", "teachers", "angle"), tuple((s, None) for s in TEACHER_SOLVERS), "digits", False)
 FASHION = Setting(
     "fashion",
-    #: A Fashion U-Net step costs ~1 s of CPU at batch 64: batch 32 and tens of steps per stage (see RESULTS.md).
-    {"pd": {"start": 16, "steps": 50, "lr": 5e-4, "batch_size": 32},  # stages 16 -> 8 -> 4 -> 2 -> 1
-     "cd": {"steps": 200, "lr": 5e-4, "solver": "heun", "batch_size": 32}},
-    200, ("students", "teachers"),
-    # the learned-variance DDPM sampler and DDIM on the students' grid compete with the solvers
-    (*((s, None) for s in TEACHER_SOLVERS), ("ddim", "uniform_angle"), ("ddpm", None)), "fashion_mnist", True)
+    #: A Fashion U-Net step costs ~1 s of CPU at batch 32 with the teacher's calls, and the machine was shared by
+    #: ~18 processes: tens of steps per stage or model, 100 samples per cell, four teacher samplers (RESULTS.md).
+    {"pd": {"start": 16, "steps": 30, "lr": 5e-4, "batch_size": 32},  # stages 16 -> 8 -> 4 -> 2 -> 1
+     "cd": {"steps": 100, "lr": 5e-4, "solver": "heun", "batch_size": 32}},
+    100, ("students", "teachers"),
+    # DDIM on the students' grid, the learned-variance DDPM sampler, DPM-Solver++(2M) and the default sampler
+    (("ddim", "uniform_angle"), ("ddpm", None), ("dpmpp_2m", None), ("unipc_logsnr", None)), "fashion_mnist", True)
 SETTINGS = {s.data: s for s in (DIGITS, FASHION)}
 
 
