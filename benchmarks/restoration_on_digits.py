@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tasks", default=None, help="run only the tasks whose name contains this text")
     ap.add_argument("--methods", default=None, help="comma list: run only these diffusion methods (e.g. none)")
+    ap.add_argument("--clip", action="store_true", help="clamp every data prediction to [-1, 1] (restore(clip=True))")
     ap.add_argument("--sr3", default=None, help="an SR3 run (data.condition = \"lowres:2\"): adds its 2x row")
     ap.add_argument("--out", default=None, help="file name under benchmarks/results (default restoration_on_DATA.json)")
     args = ap.parse_args()
@@ -140,7 +141,8 @@ def main() -> None:
         methods = tuple(m for m in methods if args.methods is None or m in args.methods.split(","))
         for m in methods:
             t = time.time()
-            sol = restore(run.denoiser, op, y, shape, method=m, steps=args.steps, noise_std=s, cond=cond)
+            sol = restore(run.denoiser, op, y, shape, method=m, steps=args.steps, noise_std=s, cond=cond,
+                          clip=args.clip)
             rows.append({"task": name, "method": m, "nfe": sol.nfe, "seconds": time.time() - t, **score(sol.x)})
         shown = len(baselines) + len(methods)
         if sr3 is not None and name == "super-resolution 2x":
@@ -156,7 +158,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = args.out or f"restoration_on_{args.data}.json"
     (RESULTS / out).write_text(json.dumps({"data": args.data, "run": args.run, "n": args.n, "steps": args.steps,
-                                           "rows": rows}, indent=2) + "\n")
+                                           "clip": args.clip, "rows": rows}, indent=2) + "\n")
     print(f"\n{args.n} held-out {args.data} images, {args.steps} DDPM steps (log-SNR grid), {args.threads} thread(s)\n")
     print("| task | method | NFE | PSNR (dB) | SSIM | classifier accuracy | time (s) |")
     print("|---|---|---:|---:|---:|---:|---:|")

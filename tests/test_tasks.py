@@ -174,6 +174,15 @@ def test_restore_passes_the_condition_to_the_model() -> None:
         assert torch.equal(null, restore(gm, op, y, SHAPE, method=method, steps=40).x)
 
 
+def test_restore_clip_keeps_every_prediction_in_range() -> None:
+    """``clip=True`` clamps the data predictions (the oracle's modes lie at +-1.5), so the result is in [-1, 1]."""
+    gm, op = prior(), corner_mask()
+    y = op(torch.full((200, *SHAPE), 0.5, dtype=torch.float64))
+    free = restore(gm, op, y, SHAPE, method="pigdm", steps=20).x
+    clipped = restore(gm, op, y, SHAPE, method="pigdm", steps=20, clip=True).x
+    assert float(free.abs().max()) > 1.5 and float(clipped.abs().max()) <= 1.0
+
+
 # ---- sequential Monte Carlo -------------------------------------------------------------------
 def test_smc_converges_to_the_exact_posterior_as_particles_grow() -> None:
     gm, op, s = prior(), corner_mask(), 0.2
