@@ -310,6 +310,35 @@ def test_npr_beats_sn_and_analytic_with_a_biased_eps(heads) -> None:
     assert b["npr"] < b["sn"] - 1.0 and b["npr"] < b["analytic"] - 1.0, b
 
 
+class LabelledPoints:
+    """A class-conditional model of images that are -1 (label 0) or +1 (label 1) everywhere: given the
+    label its eps is exact; it records every eps it returns."""
+
+    def __init__(self) -> None:
+        self.schedule, self.seen = SCHED, []
+
+    def __call__(self, x, t, cond=None) -> Prediction:
+        if cond is None:
+            raise ValueError("a conditional model called without labels")
+        a, s = (v.to(x).reshape(-1, 1, 1, 1) for v in SCHED.alpha_sigma(torch.as_tensor(t, dtype=torch.float64)))
+        eps = (x - a * (2.0 * cond.to(x) - 1).reshape(-1, 1, 1, 1)) / s
+        self.seen.append(eps)
+        return Prediction(x, a, s, eps=eps)
+
+
+def test_a_head_on_a_conditional_model_sees_each_item_with_its_own_label() -> None:
+    """Labels drawn with the data: the model's eps is then the true noise (N(0, 1)); a label from
+    another item would add (x0 - x0') alpha / sigma, far from N(0, 1) at small t."""
+    labels = torch.randint(0, 2, (500,), generator=torch.Generator().manual_seed(0))
+    data = (2.0 * labels - 1).reshape(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+    model = LabelledPoints()
+    train_head(model, data, "npr", steps=3, batch=128, cond=labels, head=MomentHead((1, 2, 2), "npr", width=8))
+    eps = torch.cat(model.seen)
+    assert eps.numel() == 3 * 128 * 4 and 0.8 < float(eps.std()) < 1.2, float(eps.std())
+    with pytest.raises(ValueError, match="one label per data item"):
+        train_head(model, data, "sn", steps=1, cond=labels[:10])
+
+
 @pytest.mark.parametrize("param", ["eps", "x0", "v"])
 def test_bound_is_the_same_for_eps_x0_and_v_models(param: str) -> None:
     """The bound on a sub-trajectory, for Analytic-DPM (eta = 1 and 0.5) and 'large', through eps / x0 / v networks."""

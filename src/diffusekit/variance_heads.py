@@ -13,7 +13,8 @@ lambda^2 + gain^2 E[(eps - eps_hat)^2 | x_t] for the model's own, imperfect mean
   residual, eq. 12-13), which also absorbs the eps model's error.
 
 Each is trained by regression (``MomentLoss``: mean squared error to eps^2 or (eps - eps_hat)^2,
-the conditional mean being the minimiser) with the eps model frozen.
+the conditional mean being the minimiser) with the eps model frozen; for a class-conditional model,
+eps_hat is the prediction for each training item's own label (as Analytic-DPM's moments are).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .denoiser import DenoiserLike
+from .denoiser import Cond, DenoiserLike
 from .models.embeddings import SinusoidalEmbedding
 from .parameterization import Prediction
 from .progress import progress_bar
@@ -90,12 +91,13 @@ class MomentLoss:
     def __post_init__(self) -> None:
         check_kind(self.kind)
 
-    def __call__(self, head: MomentHead, denoiser: DenoiserLike, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def __call__(self, head: MomentHead, denoiser: DenoiserLike, x0: Tensor, t: Tensor, eps: Tensor,
+                 cond: Cond = None) -> Tensor:
         alpha, sigma = denoiser.schedule.alpha_sigma(t.double().cpu())
         a, s = (append_dims(v.to(x0), x0.ndim) for v in (alpha, sigma))
         x_t = a * x0 + s * eps
         with torch.no_grad():
-            eps_hat = denoiser(x_t, t.to(x0.device)).eps
+            eps_hat = denoiser(x_t, t.to(x0.device), cond).eps
         target = eps**2 if self.kind == "sn" else (eps - eps_hat) ** 2
         return (head(x_t, eps_hat, a, s) - target).pow(2).mean()
 
@@ -111,14 +113,18 @@ def train_head(
     seed: int = 0,
     times: Tensor | None = None,
     head: MomentHead | None = None,
+    cond: Tensor | None = None,
     progress: bool = False,
 ) -> MomentHead:
     """Train an SN or NPR head on a frozen eps model (Adam, cosine-decayed ``lr``), t uniform over
-    ``times`` (default: the schedule's knots, ``likelihood.analytic.schedule_times``)."""
+    ``times`` (default: the schedule's knots, ``likelihood.analytic.schedule_times``); ``cond`` one
+    label per data item for a class-conditional model (each item predicted with its own label)."""
     from .likelihood.analytic import schedule_times
 
     check_positive_int("steps", steps)
     check_positive_int("batch", batch)
+    if cond is not None and len(cond) != data.shape[0]:
+        raise ValueError(f"cond must hold one label per data item ({data.shape[0]}), got {len(cond)}")
     head = MomentHead(data.shape[1:], kind) if head is None else head
     head = head.to(data.device)
     loss_fn = MomentLoss(kind)
@@ -128,10 +134,11 @@ def train_head(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     head.train()
     for _ in progress_bar(range(steps), desc=f"{kind} head", enabled=progress):
-        x0 = data[torch.randint(0, data.shape[0], (batch,), generator=gen)]
+        idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
+        x0 = data[idx]
         t = t_all[torch.randint(0, t_all.numel(), (batch,), generator=gen)]
         eps = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0)
-        loss = loss_fn(head, denoiser, x0, t, eps)
+        loss = loss_fn(head, denoiser, x0, t, eps, None if cond is None else cond[idx].to(data.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
