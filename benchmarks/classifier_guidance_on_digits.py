@@ -14,13 +14,17 @@ and the wall time.
 1. Guidance at equal NFE: CFG w in {1, 2, 3} (w != 1: one pass of the doubled batch per call) against
    classifier guidance of the unconditional model (the null label) with s in {1, 2, 4, 8} (one denoiser
    pass and a classifier forward/backward per call), and classifier guidance on top of the conditional model.
-2. Low-density guidance (Sehwag et al. 2022): the conditional model pushed away from the class-mean
+2. Dhariwal & Nichol's two forms of classifier guidance of the unconditional model on the ancestral sampler
+   (``ddpm``, ``--ddpm-nfe`` steps), s in {1, 4}: through the score (Algorithm 2, the rows above) and the
+   step's mean shifted by s Sigma grad log p (Algorithm 1, ``--classifier-form mean-shift``).
+3. Low-density guidance (Sehwag et al. 2022): the conditional model pushed away from the class-mean
    features of the noise-aware classifier (its penultimate layer at the clean end, on the denoised estimate)
    with s in {0, ...}; density under the class model by the mean distance to the 5 nearest real digits of
    the asked class (pixel space; larger = sparser), against real digits' own (leave-one-out) value.
 
-``--part guidance`` / ``low-density`` runs one of the two. Writes ``results/classifier_guidance_digits.{json,md}``
-(1), ``results/low_density_digits.{json,md}`` (2, with the paired 5-NN gain over the unguided samples and its
+``--part guidance`` / ``mean-shift`` / ``low-density`` runs one of the three. Writes
+``results/classifier_guidance_digits.{json,md}`` (1), ``results/classifier_mean_shift_digits.{json,md}`` (2),
+``results/low_density_digits.{json,md}`` (3, with the paired 5-NN gain over the unguided samples and its
 standard error) and ``results/low_density_digits.png``: one row per class, left to right 6 unguided conditional
 samples, the same prior draws at the largest s keeping every class >= 90% recognised, and at the largest s
 keeping the mean >= 90%.
@@ -52,6 +56,7 @@ RESULTS = Path(__file__).parent / "results"
 SHOWN = 6
 K = 5
 LOW_DENSITY_SCALES = (0.0, 5.0, 10.0, 20.0, 40.0)
+MEAN_SHIFT_SCALES = (1.0, 4.0)
 
 
 def knn_distance(x: torch.Tensor, asked: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
@@ -70,7 +75,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--clf-steps", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--part", choices=("all", "guidance", "low-density"), default="all")
+    ap.add_argument("--part", choices=("all", "guidance", "mean-shift", "low-density"), default="all")
+    ap.add_argument("--ddpm-nfe", type=int, default=50, help="DDPM steps of the mean-shift part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -88,9 +94,11 @@ def main() -> None:
     asked = torch.arange(classes).repeat_interleave(args.per_class)
     solver, nfe = run.config.sampling.solver, run.config.sampling.nfe
 
-    def score(name: str, den: object, **extra: object) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def score(name: str, den: object, *, by: str = solver, calls: int = nfe, constraints: tuple = (),
+              **extra: object) -> tuple[dict, torch.Tensor, torch.Tensor]:
         t0 = time.time()
-        sol = sample_denoiser(den, run.info, solver, nfe, asked.numel(), seed=0, cond=asked)  # type: ignore[arg-type]
+        sol = sample_denoiser(den, run.info, by, calls, asked.numel(), seed=0, cond=asked,  # type: ignore[arg-type]
+                              constraints=constraints)
         seconds = time.time() - t0
         x = sol.x.clamp(-1, 1)
         with torch.no_grad():
@@ -98,7 +106,7 @@ def main() -> None:
         hit = (probs.argmax(1) == asked).double().reshape(classes, -1).mean(1)
         conf = probs.gather(1, asked[:, None])[:, 0].reshape(classes, -1).mean(1)
         knn = knn_distance(x, asked, real, labels)
-        row = {"method": name, **extra, "nfe": sol.nfe, "seconds": round(seconds, 1), "accuracy": hit.tolist(),
+        row = {"method": name, **extra, "solver": by, "nfe": sol.nfe, "seconds": round(seconds, 1), "accuracy": hit.tolist(),
                "min_accuracy": float(hit.min()), "mean_accuracy": float(hit.mean()),
                "mean_confidence": float(conf.mean()), "classifier_fd": classifier_frechet_distance(x, "digits"),
                "knn_distance": float(knn.mean())}
@@ -119,6 +127,17 @@ def main() -> None:
         data = {**head, "seconds": round(time.time() - start, 1), "rows": rows}
         (RESULTS / "classifier_guidance_digits.json").write_text(json.dumps(data, indent=1) + "\n")
         (RESULTS / "classifier_guidance_digits.md").write_text(guidance_table(data, intro))
+    if args.part in ("all", "mean-shift"):
+        rows = []
+        for s in MEAN_SHIFT_SCALES:
+            rows.append(score("classifier, score form (Algorithm 2)", classifier_guided_denoiser(run, clf, s), s=s,
+                              by="ddpm", calls=args.ddpm_nfe)[0])
+            guide = classifier_guided_denoiser(run, clf, s, mean_shift=True)
+            rows.append(score("classifier, mean shift (Algorithm 1)", guide, s=s, by="ddpm", calls=args.ddpm_nfe,
+                              constraints=(guide,))[0])
+        data = {**head, "ddpm_nfe": args.ddpm_nfe, "seconds": round(time.time() - start, 1), "rows": rows}
+        (RESULTS / "classifier_mean_shift_digits.json").write_text(json.dumps(data, indent=1) + "\n")
+        (RESULTS / "classifier_mean_shift_digits.md").write_text(guidance_table(data, intro))
     if args.part in ("all", "low-density"):
         low, shown, knns = [], [], []
         for s in LOW_DENSITY_SCALES:
@@ -145,10 +164,11 @@ def main() -> None:
 
 
 def guidance_table(data: dict, intro: str) -> str:
-    lines = [intro, "", "| guidance | scale | NFE | min class acc. | mean acc. | confidence | classifier FD | "
-             "5-NN distance | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [intro, "", "| guidance | scale | solver | NFE | min class acc. | mean acc. | confidence | classifier FD | "
+             "5-NN distance | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        lines.append(f"| {r['method']} | {r.get('w', r.get('s')):g} | {r['nfe']} | {r['min_accuracy']:.2f} | "
+        lines.append(f"| {r['method']} | {r.get('w', r.get('s')):g} | {r.get('solver', data['solver'])} | "
+                     f"{r['nfe']} | {r['min_accuracy']:.2f} | "
                      f"{r['mean_accuracy']:.3f} | {r['mean_confidence']:.3f} | {r['classifier_fd']:.2f} | "
                      f"{r['knn_distance']:.3f} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"

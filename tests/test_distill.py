@@ -144,6 +144,30 @@ def test_the_boundary_preconditioning_is_the_identity_at_sigma_min() -> None:
         torch.testing.assert_close(u, v)
 
 
+@pytest.mark.parametrize("inner", ["eps", "v", "x0", "edm"])
+def test_a_consistency_student_of_any_teacher_starts_as_its_denoiser(inner: str) -> None:
+    """The boundary preconditioning wraps the teacher's parameterization: f(x, s_min) = x_hat exactly, and with
+    the teacher's weights f is the teacher's x0 estimate wherever s >> s_min (eps teachers: DDPM, LCM's case)."""
+    from diffusekit.models import mlp_preset
+    from diffusekit.parameterization import consistency_name, make_parameterization
+
+    param = make_parameterization(consistency_name(inner))
+    alpha, sigma = torch.tensor([0.8, 0.3], dtype=torch.float64), torch.tensor([0.8 * 0.002, 0.3 * 0.002], dtype=torch.float64)
+    c = param.coefficients(alpha, sigma)
+    torch.testing.assert_close(c.c_skip * alpha, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(c.c_out, torch.zeros(2, dtype=torch.float64))
+    torch.manual_seed(0)
+    net = mlp_preset("tiny", 2)
+    torch.nn.init.normal_(net.out.weight, std=0.3)
+    schedule = dk.VPSchedule()
+    teacher, student = dk.Denoiser(net, schedule, inner), dk.Denoiser(net, schedule, param)
+    x, t = torch.randn(6, 2), torch.linspace(0.3, 1.0, 6, dtype=torch.float64)  # s = sigma / alpha from 0.6 to 6.5
+    f, d = student(x, t), teacher(x, t)
+    x_hat = x / dk.utils.append_dims(f.alpha, 2)
+    assert bool(((f.x0 - d.x0).abs() <= 0.01 * (x_hat.abs() + d.x0.abs())).all())  # f - D = a x_hat + (b - 1) D, small
+    assert param.name == consistency_name(inner) and make_parameterization(param.name) == param
+
+
 def test_one_step_consistency_sampling_of_the_exact_function_is_the_exact_ode_sample() -> None:
     schedule = dk.EDMSchedule()
     oracle = smooth_mixture(schedule, dim=2)
@@ -186,6 +210,8 @@ def test_the_consistency_curriculum_and_levels() -> None:
     assert [curriculum(k, 800) for k in (0, 99, 100, 200, 799)] == [11, 11, 21, 41, 1281]
     t = consistency_times(dk.EDMSchedule(), 18, 0.002)
     assert float(t[0]) == pytest.approx(0.002) and float(t[-1]) == pytest.approx(80.0) and bool((t[1:] > t[:-1]).all())
+    for schedule in (dk.VPSchedule(), dk.make_schedule("discrete")):  # s(t_max) ~ 150: sampling starts above 80
+        assert float(consistency_times(schedule, 18, 0.002)[-1]) == pytest.approx(schedule.t_max)  # trained where sampled
     with pytest.raises(ValueError, match="unknown consistency distance 'lpips'; allowed: l2, pseudo_huber"):
         ConsistencyLoss(dk.EDMSchedule(), distance="lpips", mu=0.0)
 
@@ -218,6 +244,32 @@ def test_the_ema_target_network_is_checkpointed_and_resumed(tmp_path) -> None:  
     changed = [not torch.equal(a, b) for a, b in zip(whole_loss.state_dict()["target"].values(),
                                                     make(tmp_path / "c")[1].state_dict()["target"].values())]
     assert any(changed)  # the target moved during training
+
+
+def test_a_student_of_a_learned_variance_teacher_keeps_its_mean_and_drops_the_head() -> None:
+    """No distillation loss trains a variance head, so the student has none (and its config says so): at
+    initialisation it predicts the teacher's mean exactly, and `sample --solver ddpm` cannot use a stale head."""
+    from diffusekit.config import PRESETS
+    from diffusekit.distill.runs import student_config, student_of
+    from diffusekit.pipeline import RunInfo, build_denoiser, build_network, check_variance_training
+
+    teacher_cfg = PRESETS["toy2d"].with_overrides(["data.labels=true", "diffusion.schedule='discrete'",
+                                                  "model.learn_variance=true", "diffusion.loss='hybrid'",
+                                                  "diffusion.time_sampling='uniform'"])
+    check_variance_training(teacher_cfg)
+    info = RunInfo((2,), 3)
+    torch.manual_seed(0)
+    teacher = build_denoiser(teacher_cfg, info)
+    torch.nn.init.normal_(teacher.net.out.weight)  # zero-initialised: give both halves of the output a value
+    torch.nn.init.normal_(teacher.net.out.bias)
+    cfg = student_config(teacher_cfg, name="s", steps=1, solver="ddim", nfe=2, grid=None, lr=1e-3)
+    check_variance_training(cfg)
+    assert not cfg.model.learn_variance and cfg.diffusion.loss == "simple"
+    student = student_of(teacher, cfg, info)
+    assert teacher.learns_variance and not student.learns_variance
+    x, t, y = torch.randn(5, 2), torch.rand(5, dtype=torch.float64) * 0.9 + 0.05, torch.tensor([0, 1, 2, 3, 1])
+    torch.testing.assert_close(student(x, t, y).x0, teacher(x, t, y).x0)
+    build_network(cfg, info).load_state_dict(student.net.state_dict())  # the run folder loads (pipeline.load_run)
 
 
 # ---- rectified flow and reflow -----------------------------------------------------------------

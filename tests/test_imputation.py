@@ -85,6 +85,56 @@ def test_imputation_loss_ignores_the_observed_entries() -> None:
     assert torch.allclose(loss(den, x0, generator=torch.Generator().manual_seed(3)).per_sample, base)
 
 
+class GaussianWindows:
+    """The exact conditional denoiser of windows x0 ~ N(0, cov) (cov over the K L entries) given the observed
+    entries of ``cond`` = (mask, values): Gaussian conditioning on y = H x0 + n with H = diag(m + (1 - m) alpha),
+    y = m values + (1 - m) x_t, Cov n = diag((1 - m) sigma^2) (a 1e-9 jitter on the known entries)."""
+
+    def __init__(self, cov: torch.Tensor, shape: tuple[int, int]) -> None:
+        self.cov, self.shape, self.schedule = cov, shape, dk.VPSchedule()
+
+    def __call__(self, x: torch.Tensor, t: float | torch.Tensor, cond: torch.Tensor) -> dk.Prediction:
+        b, k = x.shape[0], self.shape[0]
+        alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t, dtype=torch.float64).expand(b))
+        m, v = cond[:, :k].flatten(1).double(), cond[:, k:].flatten(1).double()
+        h = m + (1 - m) * alpha[:, None]
+        y = m * v + (1 - m) * x.flatten(1).double()
+        cov_y = h[:, :, None] * self.cov * h[:, None, :] + torch.diag_embed((1 - m) * sigma[:, None] ** 2 + m * 1e-9)
+        x0 = (self.cov @ (h * torch.linalg.solve(cov_y, y))[..., None])[..., 0]
+        a, s = (c.to(x.dtype).reshape(b, 1, 1) for c in (alpha, sigma))
+        return dk.Prediction(x, a, s, x0.to(x.dtype).reshape(x.shape))
+
+
+def test_impute_default_sampler_draws_the_exact_conditional_law() -> None:
+    """Under the exact denoiser of a Gaussian window prior (AR(1) in time, correlated channels), the draws of
+    ``impute`` at its defaults have the exact conditional spread, so its intervals hold their level. DDPM at
+    100 uniform-t steps fails this: its posterior variance (beta tilde) leaves the draws 23% too narrow
+    when the conditional law is narrow (50% / 90% intervals held 43% / 81%)."""
+    k, length, rho = 2, 6, 0.995
+    lag = (torch.arange(length)[:, None] - torch.arange(length)[None]).abs().double()
+    cov = torch.kron(torch.tensor([[1.0, 0.6], [0.6, 1.0]], dtype=torch.float64), rho**lag)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.linalg.cholesky(cov) @ torch.randn(50, k * length, 1, generator=g, dtype=torch.float64))
+    x0 = x0.reshape(50, k, length)
+    mask = torch.rand(50, k, length, generator=g) >= 0.3
+    draws = impute(GaussianWindows(cov, (k, length)), x0, mask, 50, seed=1)
+    hidden = ~mask
+    # the exact conditional law of the hidden entries: precision P, Cov = (P_hh)^-1, mean = -(P_hh)^-1 P_ho x_o
+    prec = torch.linalg.inv(cov)
+    h, m = hidden.flatten(1).double(), mask.flatten(1).double()
+    inv = torch.linalg.inv(prec * h[:, :, None] * h[:, None, :] + torch.diag_embed(m))  # (P_hh)^-1 on the hidden block
+    mean = -(inv @ (h * (prec @ (m * x0.flatten(1))[..., None])[..., 0])[..., None])[..., 0]
+    std = inv.diagonal(dim1=1, dim2=2).sqrt()
+    sel = hidden.flatten(1)
+    ratio = draws.flatten(2).std(0)[sel] / std[sel]
+    assert abs(float(ratio.mean()) - 1) < 0.04, float(ratio.mean())
+    z = (draws.flatten(2).mean(0)[sel] - mean[sel]) / std[sel]  # each ~ N(0, 1/50)
+    assert float(z.pow(2).mean().sqrt()) < 0.2, float(z.pow(2).mean().sqrt())
+    for level in (0.5, 0.9):
+        cover = float(interval_coverage(draws[:, hidden], x0[hidden], level).double().mean())
+        assert abs(cover - level) < 0.1, (level, cover)  # 172 cells: standard error 0.02-0.04
+
+
 def test_impute_table_windows_cover_every_row() -> None:
     den = small_model()
     spec = ImputerSpec(["a", "b", "c"], 10, [1.0, 2.0, 3.0], [2.0, 1.0, 0.5], 16, 2)

@@ -47,3 +47,19 @@ def test_dtypes_agree_and_seeds_are_checked() -> None:
         NoiseSource(torch.zeros(3))
     with pytest.raises(ValueError, match="got 2 seeds for a batch of 3"):
         NoiseSource.from_seed([1, 2], 3)
+
+
+def test_rademacher_signs_are_fair_independent_and_batch_free() -> None:
+    """+-1 only; mean 0; uncorrelated across neighbours, across the 64-bit words and bytes they come
+    from, across streams and against ``normal`` of the same stream; a row never depends on its batch."""
+    src = NoiseSource.from_seed(3, 64)
+    a, b = src.rademacher(1, (1000,), torch.float64), src.rademacher(2, (1000,), torch.float64)
+    assert set(a.unique().tolist()) == {-1.0, 1.0}
+    n = a.numel()
+    assert abs(float(a.mean())) < 5 / math.sqrt(n)
+    for lag in (1, 8, 64):
+        assert abs(float((a[:, :-lag] * a[:, lag:]).mean())) < 5 / math.sqrt(n), lag
+    assert abs(float((a * b).mean())) < 5 / math.sqrt(n)
+    assert abs(float((a[:-1] * a[1:]).mean())) < 5 / math.sqrt(n)  # across samples
+    assert abs(float((a * src.normal(1, (1000,), torch.float64).sign()).mean())) < 5 / math.sqrt(n)
+    assert torch.equal(NoiseSource.from_seed(3, 2).rademacher(1, (1000,), torch.float64), a[:2])

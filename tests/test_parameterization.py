@@ -97,7 +97,8 @@ def test_denoiser_rejects_bad_time() -> None:
     d = dk.Denoiser(lambda x, c: x, dk.VPSchedule(), "eps")
     with pytest.raises(ValueError, match=r"t=2 is outside \[t_min, t_max\]"):
         d(torch.zeros(2, 3), 2.0)
-    with pytest.raises(ValueError, match="unknown parameterization 'noise'; allowed: consistency, edm, eps, score, v, velocity, x0"):
+    with pytest.raises(ValueError, match="unknown parameterization 'noise'; allowed: consistency, consistency_eps, "
+                                         "consistency_v, consistency_velocity, consistency_x0, edm, eps, score, v, velocity, x0"):
         dk.Denoiser(None, dk.VPSchedule(), "noise")
     with pytest.raises(ValueError, match="unknown EDM preconditioning kind 'xx'"):
         EDMParam(kind="xx")

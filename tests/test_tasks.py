@@ -9,6 +9,7 @@ import torch
 
 import diffusekit as dk
 from diffusekit.oracle import GaussianMixture
+from diffusekit.tasks.restore import restore
 from diffusekit.tasks import (
     DDNM, DPS, TDS, AvgPool, GaussianBlur, Mask, PiGDM, PosteriorReport, Replacement, TwistedSMC,
     compare_to_posterior, ode_edit, repaint_grid,
@@ -157,6 +158,29 @@ def test_dps_moves_towards_the_posterior() -> None:
 def run_image(den, grid: dk.Grid, constraints, n: int, seed: int = 0) -> torch.Tensor:
     return dk.sample(den, dk.make_solver("ddpm"), grid=grid, shape=(1, 4, 4), batch=n, constraints=constraints,
                      dtype=torch.float64, seed=seed, progress=False).x
+
+
+def test_restore_passes_the_condition_to_the_model() -> None:
+    """``restore(cond=...)`` conditions every method's model: with the oracle's class label 2 the unseen pixels
+    follow component 2 (isotropic, so independent of the seen pixel), and the null label is the prior."""
+    gm, op = prior(), corner_mask()
+    y = op(torch.full((400, *SHAPE), 1.5, dtype=torch.float64))
+    hidden = ~op.keep.expand(400, *SHAPE)
+    for method in ("ddnm", "pigdm"):
+        two = restore(gm, op, y, SHAPE, method=method, steps=40, cond=torch.full((400,), 2)).x
+        mean = two[hidden].reshape(400, 3).mean(0)
+        assert torch.allclose(mean, torch.tensor(MEANS[2][1:], dtype=mean.dtype), atol=0.15), (method, mean)
+        null = restore(gm, op, y, SHAPE, method=method, steps=40, cond=gm.null_label).x
+        assert torch.equal(null, restore(gm, op, y, SHAPE, method=method, steps=40).x)
+
+
+def test_restore_clip_keeps_every_prediction_in_range() -> None:
+    """``clip=True`` clamps the data predictions (the oracle's modes lie at +-1.5), so the result is in [-1, 1]."""
+    gm, op = prior(), corner_mask()
+    y = op(torch.full((200, *SHAPE), 0.5, dtype=torch.float64))
+    free = restore(gm, op, y, SHAPE, method="pigdm", steps=20).x
+    clipped = restore(gm, op, y, SHAPE, method="pigdm", steps=20, clip=True).x
+    assert float(free.abs().max()) > 1.5 and float(clipped.abs().max()) <= 1.0
 
 
 # ---- sequential Monte Carlo -------------------------------------------------------------------

@@ -8,6 +8,7 @@ from .guidance import (
     DiagonalGaussian,
     EnergyGuidance,
     LowDensityEnergy,
+    MeanShiftClassifierGuidance,
     cfg_gaussian_ode_map,
     tilted_gaussian,
 )
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassifierEnergy", "ClassifierFreeGuidance", "ClassifierGuidance", "DiagonalGaussian", "EnergyGuidance",
-    "LowDensityEnergy", "cfg_gaussian_ode_map", "tilted_gaussian",
+    "LowDensityEnergy", "MeanShiftClassifierGuidance", "cfg_gaussian_ode_map", "tilted_gaussian",
     "DDIM", "DDPM", "Constraint", "Denoiser", "LearnedVariance", "HeadVariance", "DenoiserLike", "DenoiserWrapper", "StepInfo", "DiscreteSchedule", "EDMSchedule", "FlowSchedule", "Grid",
     "NoiseSchedule", "NoiseSource", "PARAMETERIZATIONS", "Prediction", "SOLVERS", "Solution", "Solver", "Step",
     "StepContext", "SubVPSchedule", "VESchedule", "VPSchedule", "make_grid", "make_parameterization",

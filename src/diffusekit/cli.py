@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .config import MAX_NFE
+from .tasks.imputation import SOLVER as IMPUTE_SOLVER
 
 
 class InputError(click.ClickException):
@@ -200,13 +201,20 @@ def _interval(text: str | None) -> tuple[float, float] | None:
               help="energy guidance: low-density (away from the class-mean features, Sehwag et al. 2022)")
 @click.option("--scale", "guide_scale", type=click.FloatRange(min=0), default=None,
               help="scale s of --classifier or --energy guidance (default 1)")
+@click.option("--classifier-form", "form", default=None, metavar="score|mean-shift",
+              help="--classifier through the score (default, any solver) or mean-shift: the ancestral step's mean "
+                   "+ s Sigma grad log p (Dhariwal & Nichol's Algorithm 1; ddpm, the default then, or ddim eta > 0)")
 @click.option("--variance", default=None, help="ddpm/ddim reverse variance: analytic, sn, npr, small, large, learned")
 @click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
+@click.option("--threshold", default=None, metavar="clip|dynamic",
+              help="x0 estimate kept in the data range at every call: clip to [-1, 1] (Ho et al. 2020) or dynamic "
+                   "thresholding (Saharia et al. 2022); for image runs whose samples show speckle")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
-           variance: str | None, trajectory: str | None, out: str | None) -> None:
+           form: str | None, variance: str | None, trajectory: str | None, threshold: str | None,
+           out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
     or low-density guidance; DDPM/DDIM with an optimal or learned reverse variance on a chosen trajectory.
     Under torchrun, each process samples its share of the seeds (the same samples as one process)."""
@@ -214,25 +222,28 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
 
     with distributed_world() as world:
         _sample(run_dir, solver, nfe, count, seed, grid, options, which, vector, scale, interval, rescale,
-                classifier, energy, guide_scale, variance, trajectory, out, world)
+                classifier, energy, guide_scale, form, variance, trajectory, threshold, out, world)
 
 
 def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
             options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None,
             interval: str | None, rescale: float | None, classifier: str | None, energy: str | None,
-            guide_scale: float | None, variance: str | None, trajectory: str | None, out: str | None,
-            world: Any) -> None:
+            guide_scale: float | None, form: str | None, variance: str | None, trajectory: str | None,
+            threshold: str | None, out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
     from .image_grid import save_image_grid
     from .cli_guidance import guided_from_options, vector_condition
+    from .guidance import mean_shift_variance
     from .pipeline import class_count, load_run, lowres_factor, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
+    from .solvers.constraints import THRESHOLDING
 
     try:
         opts = _key_values(options, "--option")
+        kept_in_range = [] if threshold is None else [THRESHOLDING.get(threshold)()]
         run = load_run(run_dir)
         if lowres_factor(run.config) is not None:
             raise ValueError(f"{run_dir} is an SR3 super-resolution run; allowed: diffusekit superres {run_dir} INPUT")
@@ -240,9 +251,12 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         ancestral = variance is not None or trajectory is not None
         if ancestral and grid is not None:
             raise ValueError("--grid and --trajectory exclude each other; allowed: one of them")
-        name = solver or ("ddpm" if ancestral else run.config.sampling.solver)
-        grid = grid if grid is not None or solver is not None or ancestral else run.config.sampling.grid  # the run's own
-        grid_rule(make_solver(name, **opts), grid)
+        ddpm_default = ancestral or form == "mean-shift"
+        name = solver or ("ddpm" if ddpm_default else run.config.sampling.solver)
+        grid = grid if grid is not None or solver is not None or ddpm_default else run.config.sampling.grid  # the run's own
+        grid_rule(made := make_solver(name, **opts), grid)
+        if form == "mean-shift":
+            mean_shift_variance(made)  # refuses a non-ancestral solver before any work
         cond, rows = None, None
         if which is not None:
             num_classes = run.info.num_classes if classifier is not None and energy is None else None
@@ -251,9 +265,10 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
             if which is not None:
                 raise ValueError("give --class (class labels) or --cond (a condition vector), not both")
             cond = vector_condition(run, vector, count)
-        denoiser, note = guided_from_options(run, run_dir, which=which if vector is None else vector, cfg=scale,
-                                             interval=_interval(interval), rescale=rescale, classifier=classifier,
-                                             energy=energy, scale=guide_scale)
+        denoiser, constraints, note = guided_from_options(
+            run, run_dir, which=which if vector is None else vector, cfg=scale, interval=_interval(interval),
+            rescale=rescale, classifier=classifier, energy=energy, scale=guide_scale, form=form)
+        constraints = [*kept_in_range, *constraints]
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
@@ -262,14 +277,14 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         if ancestral:
             from .run_variances import sample_with_variance
 
-            sol = sample_with_variance(run, run_dir, name, variance or "small", trajectory or "even",
+            sol = sample_with_variance(run, run_dir, name, variance, trajectory,
                                        nfe or run.config.sampling.nfe, total, seed=seed,
                                        cond=None if cond is None else cond.to(world.device), denoiser=denoiser,
-                                       **opts)  # not sharded: under torchrun each process draws all, rank 0 writes
+                                       constraints=constraints, world=world, **opts)
         else:
             sol = sample_denoiser(denoiser, run.info, name, nfe or run.config.sampling.nfe, total, seed=seed,
                                   grid=grid, cond=None if cond is None else cond.to(world.device), progress=True,
-                                  world=world, **opts)
+                                  world=world, constraints=constraints, **opts)
     except _INPUT_ERRORS as e:
         _refuse(e)
     if not world.is_main:
@@ -405,18 +420,21 @@ def distill(run_dir: str, method: str, to: int, out: str | None, quiet: bool, **
 @click.option("--nll-option", "nll_options", multiple=True, metavar="KEY=VALUE",
               help="ode_log_likelihood setting, e.g. rtol=1e-3, divergence=exact, probes=4")
 @click.option("--vlb", "vlb_only", is_flag=True,
-              help="instead: the bound of the ddpm sampler with --variance on --trajectory at K = --nfe steps")
-@click.option("--variance", default="small", show_default=True, help="with --vlb: analytic, sn, npr, small, large, learned")
-@click.option("--trajectory", default="even", show_default=True, help="with --vlb: even, quadratic, dp")
+              help="instead: only the bound (vlb metric) into RUN_DIR/vlb.json; here --nfe K alone means --trajectory even")
+@click.option("--variance", default=None, help="the bound's ddpm reverse variance: analytic, sn, npr, small, large, "
+              "learned (default: learned on a run with a variance head, else small)")
+@click.option("--trajectory", default=None, help="the bound on a K = --nfe step trajectory: even, quadratic, dp "
+              "(default: every training step)")
 @click.option("--out", default=None, help="JSON file (default RUN_DIR/eval.json)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | None, nfe: int | None, seed: int,
-                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str, trajectory: str,
-                 out: str | None, quiet: bool) -> None:
-    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB.
-    Under torchrun, sampling and feature extraction are shared among the processes."""
+                 batch: int, nll_options: tuple[str, ...], vlb_only: bool, variance: str | None,
+                 trajectory: str | None, out: str | None, quiet: bool) -> None:
+    """Sample a run and score it against its real data: FID/KID/PR, classifier FD/IS, SW, NLL, VLB (the bound of
+    the ddpm sampler with --variance on --trajectory; by default the run's learned variance, if it has a variance
+    head, else small, on every training step). Under torchrun, sampling and feature extraction are shared among the processes."""
     if vlb_only:
-        from .run_variances import vlb_command
+        from .evaluate import vlb_command
 
         try:
             click.echo(vlb_command(run_dir, variance, trajectory, nfe, count, seed, batch, out, progress=not quiet))
@@ -438,7 +456,8 @@ def eval_command(run_dir: str, metrics: str | None, count: int, solver: str | No
             if solver is not None:
                 make_solver(solver)
             result = evaluate_run(run_dir, metrics, n=count, solver=solver, nfe=nfe, seed=seed, batch=batch,
-                                  progress=not quiet, nll_options=ode, world=world)
+                                  progress=not quiet, nll_options=ode, world=world, variance=variance,
+                                  trajectory=trajectory)
         except (*_INPUT_ERRORS, InceptionUnavailableError) as e:
             _refuse(e)
     if not world.is_main:
@@ -496,7 +515,8 @@ def train_imputer_command(run_dir: str, data: str, window: int, train_rows: int 
 @click.argument("run_dir")
 @click.argument("input_path", metavar="INPUT.csv")
 @click.option("--samples", type=click.IntRange(min=2), default=100, show_default=True, help="draws per cell")
-@click.option("--solver", default="ddpm", show_default=True, help="solver name")
+@click.option("--solver", default=IMPUTE_SOLVER, show_default=True,
+              help="solver name (DDPM draws too narrow intervals, benchmarks/RESULTS.md)")
 @click.option("--nfe", type=NFE, default=100, show_default=True, help="model evaluations")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", default=None, help="output CSV (default INPUT-imputed.csv)")

@@ -16,6 +16,10 @@ from .denoiser import DenoiserLike, device_of
 #: What ``--energy`` accepts.
 ENERGIES = ("low-density",)
 
+#: What ``--classifier-form`` accepts: through the score (any solver; Dhariwal & Nichol 2021, Algorithm 2) or the
+#: ancestral step's mean shifted by s Sigma grad log p (ddpm, ddim with eta > 0; their Algorithm 1).
+CLASSIFIER_FORMS = ("score", "mean-shift")
+
 
 def train_classifier_command(run_dir: str, *, steps: int, width: int, depth: int, batch: int | None, lr: float,
                              time: str | None, out: str | None, quiet: bool) -> str:
@@ -53,12 +57,14 @@ def vector_condition(run: Any, text: str, count: int) -> Any:
 
 def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float | None,
                         interval: tuple[float, float] | None, rescale: float | None, classifier: str | None,
-                        energy: str | None, scale: float | None) -> tuple[DenoiserLike, str]:
-    """The denoiser ``diffusekit sample`` runs, and a note on its guidance for the output line.
-    ``which``: the ``--class`` (or ``--cond``) the samples are conditioned on, None for none.
+                        energy: str | None, scale: float | None,
+                        form: str | None = None) -> tuple[DenoiserLike, list[Any], str]:
+    """The denoiser ``diffusekit sample`` runs, the loop constraints it needs, and a note on its guidance
+    for the output line. ``which``: the ``--class`` (or ``--cond``) the samples are conditioned on, None for none.
 
     ``--cfg w`` (classifier-free); ``--classifier [PATH] --scale s`` (classifier guidance of the
-    unconditional model, or with ``--cfg`` of the CFG-guided conditional one); ``--energy low-density
+    unconditional model, or with ``--cfg`` of the CFG-guided conditional one; ``--classifier-form mean-shift``:
+    Algorithm 1's mean shift of an ancestral solver, the guide then also a constraint); ``--energy low-density
     --scale s`` (the conditional model pushed away from the class-mean features of the classifier;
     ``--classifier PATH`` then only says where that classifier is). PATH defaults to ``RUN/classifier``.
     """
@@ -69,6 +75,11 @@ def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float
         raise ValueError(f"{'--cfg-interval' if interval is not None else '--cfg-rescale'} needs --cfg")
     if energy is not None and energy not in ENERGIES:
         raise ValueError(f"--energy must be one of {', '.join(ENERGIES)}, got {energy!r}")
+    if form is not None and form not in CLASSIFIER_FORMS:
+        raise ValueError(f"--classifier-form must be one of {', '.join(CLASSIFIER_FORMS)}, got {form!r}")
+    if form is not None and (classifier is None or energy is not None):
+        raise ValueError("--classifier-form goes with --classifier guidance (not --energy); allowed: "
+                         "--classifier [PATH] --classifier-form " + "|".join(CLASSIFIER_FORMS))
     guided = classifier is not None or energy is not None
     if scale is not None and not guided:
         raise ValueError("--scale needs --classifier or --energy (the guidance it scales)")
@@ -84,7 +95,7 @@ def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float
         notes.append(f"CFG w={cfg:g}")
     if not guided:
         return (run.denoiser if cfg is None else
-                guided_denoiser(run, cfg, interval=interval, rescale=rescale or 0.0)), ", ".join(notes)
+                guided_denoiser(run, cfg, interval=interval, rescale=rescale or 0.0)), [], ", ".join(notes)
     if interval is not None or rescale:
         raise ValueError("--cfg-interval and --cfg-rescale go with plain --cfg, not with --classifier or --energy")
     path = Path(classifier) if classifier else Path(run_dir) / CLASSIFIER_DIR
@@ -94,6 +105,8 @@ def guided_from_options(run: Any, run_dir: str, *, which: str | None, cfg: float
                          f"{model.net.data_shape}, this run has {run.info.num_classes} of {run.info.data_shape}")
     if energy == "low-density":
         notes.append(f"low-density s={s:g}")
-        return low_density_denoiser(run, model, s, cfg=1.0 if cfg is None else cfg), ", ".join(notes)
-    notes.append(f"classifier s={s:g}")
-    return classifier_guided_denoiser(run, model, s, cfg=cfg), ", ".join(notes)
+        return low_density_denoiser(run, model, s, cfg=1.0 if cfg is None else cfg), [], ", ".join(notes)
+    mean_shift = form == "mean-shift"
+    notes.append(f"classifier s={s:g}" + (" (mean shift, Algorithm 1)" if mean_shift else ""))
+    guide = classifier_guided_denoiser(run, model, s, cfg=cfg, mean_shift=mean_shift)
+    return guide, [guide] if mean_shift else [], ", ".join(notes)

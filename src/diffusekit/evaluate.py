@@ -35,6 +35,7 @@ single-process one; ``nll`` and ``vlb`` run on rank 0 alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -50,11 +51,14 @@ from .data import TOY_NAMES, load_dataset
 from .data.images import lattice_levels
 from .denoiser import Denoiser
 from .likelihood import continuous_vlb, dequantized_bits_per_dim, discrete_vlb, ode_log_likelihood
+from .likelihood.trajectory import trajectory_times
 from .pipeline import LoadedRun, load_run, load_training_data, sample_denoiser
 from .progress import progress_bar
+from .run_variances import check_bound_setting, default_variance, run_trajectory, run_variance
 from .schedules.discrete import DiscreteSchedule
 from .train.distributed import World, gather_array, shard
 from .utils import check_positive_int
+from .variances import ReverseVariance, make_variance
 
 #: Every metric name ``evaluate_run`` knows.
 METRICS: tuple[str, ...] = ("fid", "kid", "pr", "cfd", "is", "sw", "nll", "vlb")
@@ -344,19 +348,35 @@ def vlb_metric(
     seed: int = 0,
     progress: bool = True,
     nodes: int = 64,
+    variance: str | ReverseVariance | None = None,
+    times: Tensor | None = None,
 ) -> dict[str, MetricResult]:
-    """``vlb``: mean discrete (DDPM) or continuous (VDM) bound in bits/dim (lattice data) or nats/dim."""
+    """``vlb``: mean discrete (DDPM) or continuous (VDM) bound in bits/dim (lattice data) or nats/dim.
+
+    On a ``DiscreteSchedule`` it is the bound of the ancestral sampler with the reverse ``variance``
+    (default 'small') on the increasing ``times`` of a K-step sub-trajectory (default: every step).
+    """
     check_positive_int("batch", batch)
     x = data.x
     d = x[0].numel()
     discrete = isinstance(denoiser.schedule, DiscreteSchedule)
-    lattice = {} if data.levels is None else {"decoder": "discretized", "n_bits": math.log2(data.levels)}
+    if not discrete and (variance is not None or times is not None):
+        raise ValueError("a reverse variance or trajectory of the bound needs a discrete (DDPM) schedule; this "
+                         f"run's is {type(denoiser.schedule).__name__}")
+    rule = make_variance(variance or "small")
+    if data.levels is not None:
+        lattice: dict[str, Any] = {"decoder": "discretized", "n_bits": math.log2(data.levels)}
+    elif discrete:  # continuous data: the width of q(x_1 | x0) in x0, or the rule's own decoder variance (learned:
+        # interpolated from 'clipped', as in training)
+        own = hasattr(rule, "decoder_var")
+        lattice = {"decoder": "gaussian", "decoder_variance": "clipped" if own else "likelihood"}
+    else:
+        lattice = {}
     per_item, calls = [], 0
     for j, sl in _batches(x.shape[0], batch, "vlb", progress):
         c = None if cond is None else cond[sl]
         if discrete:
-            res = discrete_vlb(denoiser, x[sl], cond=c, seed=seed + j,
-                               **(lattice or {"decoder": "gaussian", "decoder_variance": "likelihood"}))
+            res = discrete_vlb(denoiser, x[sl], cond=c, seed=seed + j, variance=rule, times=times, **lattice)
         else:
             res = continuous_vlb(denoiser, x[sl], cond=c, seed=seed + j, nodes=nodes, **lattice)
         per_item.append(res.total / d)
@@ -373,6 +393,66 @@ def vlb_metric(
     return {"vlb": MetricResult(mean, "nats/dim", se, details)}
 
 
+def run_vlb_metric(
+    run: LoadedRun,
+    run_dir: str | Path,
+    data: RealData,
+    *,
+    variance: str | None = None,
+    trajectory: str | None = None,
+    k: int | None = None,
+    batch: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, MetricResult]:
+    """``vlb`` of a run folder, for ``eval --metrics vlb`` and ``eval --vlb`` alike: the bound of its DDPM sampler
+    with the reverse ``variance`` by name (default :func:`run_variances.default_variance`: the run's learned
+    variance if it has a variance head, else 'small') on a K-step ``trajectory`` (even, quadratic, dp; K = ``k``,
+    default the run's sampling steps); without ``variance``, ``trajectory`` and ``k``, on every training step
+    (and VDM's continuous bound on a continuous schedule)."""
+    cond = data.labels if run.config.data.labels else None
+    asked = variance is not None or trajectory is not None or k is not None
+    if not isinstance(run.denoiser.schedule, DiscreteSchedule) and not asked:
+        return vlb_metric(run.denoiser, data, cond=cond, batch=batch, seed=seed, progress=progress)
+    name = variance or default_variance(run)
+    rule = run_variance(run, run_dir, name)
+    idx = None
+    if trajectory is not None or k is not None:
+        idx = run_trajectory(run, run_dir, trajectory or "even", k or run.config.sampling.nfe)
+    times = None if idx is None else trajectory_times(run.denoiser.schedule, idx)
+    out = vlb_metric(run.denoiser, data, cond=cond, batch=batch, seed=seed, progress=progress, variance=rule,
+                     times=times)
+    steps = run.denoiser.schedule.num_steps if idx is None else int(idx.numel())
+    out["vlb"].details.update(variance=name, trajectory="every step" if idx is None else trajectory or "even",
+                              K=steps, **({} if idx is None else {"steps": idx.tolist()}))
+    return out
+
+
+def vlb_command(run_dir: str, variance: str | None, trajectory: str | None, k: int | None, n: int, seed: int,
+                batch: int, out: str | None, progress: bool = True) -> str:
+    """The body of `diffusekit eval RUN --vlb`: :func:`run_vlb_metric` alone (``k`` without ``trajectory``: the even
+    K-step trajectory) written as JSON (default RUN_DIR/vlb.json); returns a line."""
+    from .files import atomic_write_text
+
+    path = Path(out or Path(run_dir) / "vlb.json")
+    if path.suffix.lower() != ".json" or path.is_dir():
+        raise ValueError(f"--out {path}: allowed a file name ending in .json")
+    check_bound_setting(variance, trajectory)
+    run = load_run(run_dir)
+    data = real_data(run, n, seed)
+    m = run_vlb_metric(run, run_dir, data, variance=variance, trajectory=trajectory or ("even" if k else None), k=k,
+                       batch=batch, seed=seed, progress=progress)["vlb"]
+    dt = m.details
+    result = {"variance": dt.get("variance"), "trajectory": dt.get("trajectory"), "K": dt.get("K"), "eta": 1.0,
+              "n": dt["n"], "bound": m.value, "std_error": None if not math.isfinite(m.std_error) else m.std_error,
+              "unit": m.unit, "data": dt["data"], **({"steps": dt["steps"]} if "steps" in dt else {})}
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    se = f" +- {result['std_error']:.4f}" if result["std_error"] is not None else ""
+    setting = (f"{result['variance']} variance, {result['trajectory']} trajectory, K = {result['K']}"
+               if result["variance"] else dt["bound"])
+    return f"bound {m.value:.4f}{se} {m.unit} ({setting}, {dt['n']} items of {dt['data']}) -> {path}"
+
+
 # ------------------------------------------------------------------------------------------ the whole run
 def evaluate_run(
     run_dir: str | Path,
@@ -387,19 +467,26 @@ def evaluate_run(
     cache_dir: str | Path | None = None,
     nll_options: dict[str, Any] | None = None,
     world: World | None = None,
+    variance: str | None = None,
+    trajectory: str | None = None,
 ) -> dict[str, Any]:
     """Sample ``n`` items from the run in ``run_dir`` and compute ``metrics`` against its real data.
 
     ``metrics`` is a comma list or sequence of :data:`METRICS` (default: :func:`default_metrics`);
     ``solver`` / ``nfe`` default to the run's sampling config. Sample-quality metrics are
-    skipped from sampling when only ``nll`` / ``vlb`` are asked. Returns a JSON-ready dict (complete on
-    rank 0 of a ``world`` of several processes; the other ranks skip ``nll`` and ``vlb``).
+    skipped from sampling when only ``nll`` / ``vlb`` are asked. ``vlb`` is the bound of the DDPM sampler with
+    ``variance`` on the ``nfe``-step ``trajectory`` when given (:func:`run_vlb_metric`). Returns a JSON-ready
+    dict (complete on rank 0 of a ``world`` of several processes; the other ranks skip ``nll`` and ``vlb``).
     """
     check_positive_int("n", n)
     world = world or World()
     run = load_run(run_dir)
     data = real_data(run, n, seed)
     names = default_metrics(data) if metrics is None else parse_metrics(metrics, data)
+    if (variance is not None or trajectory is not None) and "vlb" not in names:
+        raise ValueError("--variance and --trajectory choose the sampler of the bound; allowed: with vlb among the "
+                         f"metrics (asked: {', '.join(names)})")
+    check_bound_setting(variance, trajectory)
     grid = run.config.sampling.grid if solver is None else None  # a run's own grid goes with its own solver
     solver = solver or run.config.sampling.solver
     nfe = nfe or run.config.sampling.nfe
@@ -436,7 +523,8 @@ def evaluate_run(
         out["nll"].details["seconds"] = round(time.perf_counter() - start, 2)
     if "vlb" in names:
         start = time.perf_counter()
-        out.update(vlb_metric(run.denoiser, data, cond=real_cond, batch=batch, seed=seed, progress=progress))
+        out.update(run_vlb_metric(run, run_dir, data, variance=variance, trajectory=trajectory,
+                                  k=nfe if trajectory is not None else None, batch=batch, seed=seed, progress=progress))
         out["vlb"].details["seconds"] = round(time.perf_counter() - start, 2)
     result["metrics"] = {k: asdict(v) for k, v in out.items()}
     return result
@@ -457,5 +545,5 @@ def format_table(result: dict[str, Any]) -> str:
 __all__ = [
     "CLASSIFIER_DATASETS", "METRICS", "MetricResult", "NLL_DEFAULTS", "RealData", "classifier_metrics", "default_metrics",
     "evaluate_run", "feature_metrics", "format_table", "nll_metric", "parse_metrics", "real_data", "sharded_features",
-    "sliced_wasserstein_metric", "vlb_metric", "why_not_applicable",
+    "run_vlb_metric", "sliced_wasserstein_metric", "vlb_command", "vlb_metric", "why_not_applicable",
 ]

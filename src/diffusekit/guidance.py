@@ -9,7 +9,8 @@ every solver (ancestral, DDIM, ODE, SDE) and every task, and composes with const
 - ``EnergyGuidance``: score - s grad_x E_t(x, c) for any differentiable energy (Bao's
   "energy guidance", seed 002; Zhao et al. 2022, EGSDE), optionally of the denoised estimate.
 - ``ClassifierGuidance``: the energy -log p(y | x_t, t) of a time-aware classifier
-  (Dhariwal & Nichol 2021, sec. 4); ``LowDensityEnergy``: the similarity of a feature
+  (Dhariwal & Nichol 2021, sec. 4, Algorithm 2); ``MeanShiftClassifierGuidance``: their Algorithm 1,
+  the ancestral step's mean shifted by s Sigma grad log p (a wrapper and ``after_step`` hook); ``LowDensityEnergy``: the similarity of a feature
   embedding to its class mean, pushed away (Sehwag et al. 2022).
 - Closed forms for Gaussian data: the law of the CFG-guided probability-flow ODE and the
   tilted density p(x|y)^w p(x)^(1-w) it is often said to sample.
@@ -28,7 +29,9 @@ from torch import Tensor
 from .denoiser import Cond, DenoiserLike, DenoiserWrapper
 from .parameterization import Prediction
 from .schedules.base import NoiseSchedule
+from .stepping import Step, StepContext
 from .utils import append_dims
+from .variances import ReverseVariance
 
 Time = float | Tensor
 
@@ -156,6 +159,14 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         return guided
 
 
+def _gradient(e: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
+    """grad_x of a per-sample energy ``e`` (B,) computed from ``x``."""
+    if e.shape != (x.shape[0],):
+        raise ValueError(f"the energy must return one value per sample ({x.shape[0]},), got shape {tuple(e.shape)}")
+    (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+    return g
+
+
 class Energy(Protocol):
     """A differentiable energy E_t(x, c) -> (B,): guidance moves samples towards low energy."""
 
@@ -188,12 +199,6 @@ class EnergyGuidance(DenoiserWrapper):
         self.denoised = denoised
         self.inner_cond = inner_cond
 
-    def _gradient(self, e: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-        if e.shape != (x.shape[0],):
-            raise ValueError(f"the energy must return one value per sample ({x.shape[0]},), got shape {tuple(e.shape)}")
-        (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
-        return g
-
     def forward(self, x: Tensor, t: Time, cond: Cond = None) -> Prediction:
         inner_cond = cond if self.inner_cond else None
         outer = torch.is_grad_enabled() and x.requires_grad
@@ -201,9 +206,9 @@ class EnergyGuidance(DenoiserWrapper):
             xg = x if outer else x.detach().requires_grad_(True)
             if self.denoised:
                 pred = self.inner(xg, t, inner_cond)
-                grad = self._gradient(self.energy(pred.x0, t, cond), xg, outer)
+                grad = _gradient(self.energy(pred.x0, t, cond), xg, outer)
             else:
-                grad = self._gradient(self.energy(xg, t, cond), xg, outer)
+                grad = _gradient(self.energy(xg, t, cond), xg, outer)
         if not self.denoised:
             pred = self.inner(x, t, inner_cond)
         keep = (lambda v: v) if outer else Tensor.detach  # noqa: E731
@@ -243,6 +248,76 @@ class ClassifierGuidance(EnergyGuidance):
         inner_cond: bool = False,
     ) -> None:
         super().__init__(inner, ClassifierEnergy(classifier), scale, inner_cond=inner_cond)
+
+
+def mean_shift_variance(solver: object) -> ReverseVariance:
+    """The reverse variance Sigma of an ancestral ``solver``'s Gaussian step (its ``variance`` rule), which
+    Algorithm 1 of Dhariwal & Nichol 2021 scales its mean shift by; refused for any other solver."""
+    variance = getattr(solver, "variance", None)
+    if not (isinstance(variance, ReverseVariance) and getattr(solver, "stochastic", False)):
+        name = getattr(solver, "name", type(solver).__name__)
+        raise ValueError(f"classifier guidance form 'mean-shift' (Dhariwal & Nichol's Algorithm 1) needs an ancestral "
+                         f"solver; allowed: ddpm, or ddim with eta > 0; got solver {name!r}")
+    return variance
+
+
+class MeanShiftClassifierGuidance(DenoiserWrapper):
+    """Classifier guidance of the ancestral sampler by its mean (Dhariwal & Nichol 2021, Algorithm 1):
+
+        x_{t-1} ~ N(mu + s Sigma grad_x log p_phi(y | x_t), Sigma),
+
+    mu and Sigma being the solver's own step (``ddpm`` with any ``ReverseVariance``, or ``ddim`` with
+    eta > 0; Sigma = ``solver.variance(pred, step)``), the gradient taken at x_t. Sec. 4.1 derives it
+    by conditioning the Gaussian step on p(y | x_{t-1}) linearised at x_t, so it is exact as the step
+    size goes to 0; ``ClassifierGuidance`` is the score form (their Algorithm 2, every solver), whose
+    ancestral step shifts the mean by s (alpha_{t-1} / alpha_t) sigma_{t|t-1}^2 grad log p instead, the
+    same to first order. The step to clean data adds no noise (Sigma = 0) and is not shifted.
+
+    The wrapper AND its constraint (as ``tasks.DPS``): pass it as the denoiser and in ``constraints``::
+
+        guide = MeanShiftClassifierGuidance(model, classifier, s)
+        sample(guide, make_solver("ddpm"), ..., cond=y, constraints=[guide])
+
+    Its call returns ``inner``'s prediction unchanged and records the gradient; ``after_step`` adds
+    s Sigma grad (``mean_shift_variance`` refuses a solver without an ancestral step). ``classifier(x_t, t)``
+    gives logits; ``inner`` is unconditional unless ``inner_cond=True`` (then guided on top of it).
+    """
+
+    def __init__(
+        self,
+        inner: DenoiserLike,
+        classifier: Callable[[Tensor, Time], Tensor],
+        scale: float = 1.0,
+        *,
+        inner_cond: bool = False,
+    ) -> None:
+        super().__init__(inner)
+        self.energy = ClassifierEnergy(classifier)
+        self.scale = _check_scale("scale", scale)
+        self.inner_cond = inner_cond
+        self._grad: Tensor | None = None
+        self._pred: Prediction | None = None
+
+    def forward(self, x: Tensor, t: Time, cond: Cond = None) -> Prediction:
+        if self._grad is not None:
+            raise ValueError("MeanShiftClassifierGuidance must also be passed in sample(..., constraints=[...]): "
+                             "its after_step shifts the mean")
+        _labels(cond, x.shape[0], x.device)  # refuse a missing class before any work
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            self._grad = -_gradient(self.energy(xg, t, cond), xg)  # grad log p(y | x_t, t)
+        return self.inner(x, t, cond if self.inner_cond else None)
+
+    def on_prediction(self, pred: Prediction, t: Time) -> Prediction:
+        self._pred = pred
+        return pred
+
+    def after_step(self, x: Tensor, step: Step, ctx: StepContext) -> Tensor:
+        grad, pred, self._grad, self._pred = self._grad, self._pred, None, None
+        variance = mean_shift_variance(ctx.solver)
+        if grad is None or pred is None or step.to_zero:
+            return x
+        return x + self.scale * variance(pred, step.like(x)) * grad
 
 
 class LowDensityEnergy:

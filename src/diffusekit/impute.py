@@ -26,7 +26,7 @@ from .denoiser import Denoiser
 from .files import atomic_write, atomic_write_text
 from .models.series import SeriesNet
 from .schedules import make_schedule
-from .tasks.imputation import ImputationLoss, impute
+from .tasks.imputation import SOLVER, ImputationLoss, impute
 from .train import TrainConfig, Trainer, newest_checkpoint
 from .train.checkpoint import copy_weights
 
@@ -160,7 +160,7 @@ def load_imputer(run_dir: str | os.PathLike[str]) -> tuple[Denoiser, ImputerSpec
     return den, spec
 
 
-def impute_table(den: Denoiser, spec: ImputerSpec, table: Tensor, samples: int = 100, *, solver: str = "ddpm",
+def impute_table(den: Denoiser, spec: ImputerSpec, table: Tensor, samples: int = 100, *, solver: str = SOLVER,
                  nfe: int = 100, seed: int = 0) -> Tensor:
     """Draws (S, T, K) of a table (T, K) with NaN for the values to impute, in its own units; the observed
     cells are kept exactly. The table is cut into windows starting every ``window`` rows (the last one
@@ -203,7 +203,7 @@ def write_imputed(path: str | os.PathLike[str], header: list[str], rows: list[li
     return atomic_write(path, write)
 
 
-def impute_command(run_dir: str, input_path: str, out: str | None, *, samples: int = 100, solver: str = "ddpm",
+def impute_command(run_dir: str, input_path: str, out: str | None, *, samples: int = 100, solver: str = SOLVER,
                    nfe: int = 100, seed: int = 0) -> str:
     """The body of `diffusekit impute`: checks the run, table and output, imputes, writes; returns the line to print."""
     from .solvers import make_solver

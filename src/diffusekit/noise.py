@@ -79,6 +79,26 @@ class NoiseSource:
     def batch(self) -> int:
         return self.seeds.numel()
 
+    def _stream_keys(self, stream: int) -> Tensor:
+        return _mix_(self.seeds + _wrap((stream + 1) * _GOLDEN), torch.empty_like(self.seeds))
+
+    def rademacher(self, stream: int, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """Random signs (+1 / -1, each with probability 1/2) of ``(batch, *shape)`` for stream ``stream``.
+
+        Element j of sample b is a bit (j % 64) of the 64-bit hash of (key'_b, j // 64), where key' is the
+        stream key hashed once more (so signs and ``normal`` never share a hash): one hash per 64 signs,
+        ~20x cheaper than taking the signs of normals (Hutchinson probes, Hutchinson 1990).
+        """
+        n = math.prod(shape)
+        words = (n + 63) // 64
+        key = _mix(self._stream_keys(stream))
+        z = torch.arange(words, device=self.seeds.device, dtype=torch.int64).mul_(_GOLDEN) + key[:, None]
+        _mix_(z, torch.empty_like(z))
+        shifts = torch.arange(8, device=z.device, dtype=torch.uint8)
+        octets = z.view(torch.uint8)  # (batch, 8 words): the hash's bytes
+        bits = torch.bitwise_right_shift(octets[:, :, None], shifts).bitwise_and_(1).reshape(self.batch, words * 64)[:, :n]
+        return bits.to(dtype).mul_(-2).add_(1).reshape(self.batch, *shape)
+
     def normal(self, stream: int, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
         """Standard normal noise of ``(batch, *shape)`` for stream number ``stream``.
 
@@ -90,7 +110,7 @@ class NoiseSource:
         n = math.prod(shape)
         pairs = (n + 1) // 2
         device = self.seeds.device
-        key = _mix_(self.seeds + _wrap((stream + 1) * _GOLDEN), torch.empty_like(self.seeds))
+        key = self._stream_keys(stream)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         out = torch.empty(self.batch, 2 * pairs, dtype=work, device=device)
         counter = torch.arange(pairs, device=device, dtype=torch.int64).mul_(_GOLDEN)

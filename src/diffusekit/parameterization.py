@@ -15,7 +15,9 @@ prediction type: they read ``Prediction.x0`` / ``.eps`` / ``.score`` / ``.v``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -258,34 +260,67 @@ class EDMParam(Parameterization):
 @dataclass(frozen=True)
 class ConsistencyParam(Parameterization):
     """The boundary-condition preconditioning of consistency models (Song et al. 2023, eq. 3 and App. C),
-    in the scaled coordinates x_hat = x_t / alpha, s = sigma / alpha:
+    in the scaled coordinates x_hat = x_t / alpha, s = sigma / alpha, around the clean-data estimate D of an
+    ``inner`` parameterization (its c_in, c_noise and output map; ``edm`` by default):
 
-        f(x, s) = c_skip(s) x_hat + c_out(s) F,  c_skip = sd^2 / ((s - s_min)^2 + sd^2),
-        c_out = (s - s_min) sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2),  c_noise = log(s) / 4,
+        f(x, s) = a(s) x_hat + b(s) D(x, s),  b = (s - s_min) / s,  a = sd^2 / ((s - s_min)^2 + sd^2) - b sd^2 / (s^2 + sd^2),
 
-    so f(x, s_min) = x_hat exactly: the consistency function's boundary condition. ``x0`` of the
-    Prediction is f; with s_min = 0 it is EDM's preconditioning (a teacher's weights carry over).
+    so f(x, s_min) = x_hat exactly: the consistency function's boundary condition. ``x0`` of the Prediction is
+    f. With the EDM inner this is c_skip = sd^2 / ((s - s_min)^2 + sd^2), c_out = (s - s_min) sd / sqrt(s^2 + sd^2),
+    c_in = 1 / sqrt(s^2 + sd^2), c_noise = log(s) / 4 (App. C); with the teacher's own inner (``consistency_eps``,
+    ... as in latent consistency models, Luo et al. 2023, eq. 9) the network keeps the inputs and output meaning it
+    was trained with, so a teacher's weights carry over: f is D blended with x_hat only near s_min.
     """
 
     sigma_min: float = 0.002
     sigma_data: float = 0.5
-    name = "consistency"
+    inner: str = "edm"
+
+    def __post_init__(self) -> None:
+        if self.inner not in CONSISTENCY_INNERS:
+            raise ValueError(f"unknown inner parameterization {self.inner!r} of a consistency model; allowed: "
+                             f"{', '.join(CONSISTENCY_INNERS)}")
+
+    @property  # type: ignore[override]
+    def name(self) -> str:
+        return "consistency" if self.inner == "edm" else f"consistency_{self.inner}"
+
+    @property
+    def needs_derivatives(self) -> bool:  # type: ignore[override]
+        return self._inner().needs_derivatives
+
+    def _inner(self) -> Parameterization:
+        return make_parameterization(self.inner, **({"sigma_data": self.sigma_data} if self.inner == "edm" else {}))
 
     def coefficients(self, alpha, sigma, d_alpha=None, d_sigma=None):
         s, sd = sigma / alpha, self.sigma_data
-        r = (s**2 + sd**2).sqrt()
-        c_skip, c_out = sd**2 / ((s - self.sigma_min) ** 2 + sd**2), (s - self.sigma_min) * sd / r
-        return _scaled(alpha, sigma, s, 1 / r, c_skip, c_out)
+        b = (s - self.sigma_min) / s
+        a = sd**2 / ((s - self.sigma_min) ** 2 + sd**2) - b * sd**2 / (s**2 + sd**2)
+        inner = self._inner().coefficients(alpha, sigma, d_alpha, d_sigma)
+        c_skip, c_out = a / alpha + b * inner.c_skip, b * inner.c_out
+        return Coefficients(inner.c_in, c_skip, c_out, (1 - alpha * c_skip) / sigma, -alpha * c_out / sigma)
 
     def c_noise(self, model_time: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        return 0.25 * torch.log(sigma / alpha)
+        return self._inner().c_noise(model_time, alpha, sigma)
 
 
-PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry("parameterization")
-for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam, ConsistencyParam):
+#: Parameterizations a consistency model can wrap (``consistency`` = EDM's, ``consistency_<inner>`` the others).
+CONSISTENCY_INNERS = ("edm", "eps", "x0", "v", "velocity")
+
+
+def consistency_name(teacher: str) -> str:
+    """The consistency parameterization around a teacher's ``teacher`` parameterization (its weights carry over)."""
+    return ConsistencyParam(inner=teacher).name
+
+
+PARAMETERIZATIONS: Registry[Callable[..., Parameterization]] = Registry("parameterization")
+for _cls in (EpsParam, X0Param, VParam, ScoreParam, VelocityParam, EDMParam):
     PARAMETERIZATIONS.register(_cls.name)(_cls)
+PARAMETERIZATIONS.register("consistency")(ConsistencyParam)
+for _inner in CONSISTENCY_INNERS[1:]:
+    PARAMETERIZATIONS.register(f"consistency_{_inner}")(partial(ConsistencyParam, inner=_inner))
 
 
 def make_parameterization(name: str, **kwargs) -> Parameterization:
-    """Build a parameterization by name: eps, x0, v, score, velocity, edm, consistency."""
+    """Build a parameterization by name: eps, x0, v, score, velocity, edm, consistency, consistency_<inner>."""
     return PARAMETERIZATIONS.get(name)(**kwargs)

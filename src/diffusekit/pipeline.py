@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,9 @@ from .losses.hybrid import HybridLoss
 from .models import mlp_preset, unet_preset
 from .noise import sample_keys
 from .sample import GRID_POLICIES, Solution, grid_rule, sample, steps_for_nfe
-from .schedules import GRIDS, make_grid, make_schedule
+from .schedules import GRIDS, Grid, make_grid, make_schedule
 from .solvers import make_solver
+from .stepping import Constraint, Solver
 from .train import (
     Checkpoint,
     CheckpointMismatchError,
@@ -425,14 +426,16 @@ def guided_denoiser(run: LoadedRun, scale: float, *, interval: tuple[float, floa
 
 
 def classifier_guided_denoiser(run: LoadedRun, classifier: Callable[[Tensor, Any], Tensor], scale: float, *,
-                               cfg: float | None = None) -> DenoiserLike:
-    """Classifier guidance with scale ``scale`` through the score (Dhariwal & Nichol 2021, sec. 4) of a run's
-    unconditional model (a class-conditional run's null label), or with ``cfg`` = w of its CFG-guided
-    conditional model (w = 1: the conditional model); ``classifier(x_t, t)`` gives logits."""
-    from .guidance import ClassifierGuidance
+                               cfg: float | None = None, mean_shift: bool = False) -> DenoiserLike:
+    """Classifier guidance with scale ``scale`` through the score (Dhariwal & Nichol 2021, sec. 4, Algorithm 2) of
+    a run's unconditional model (a class-conditional run's null label), or with ``cfg`` = w of its CFG-guided
+    conditional model (w = 1: the conditional model); ``classifier(x_t, t)`` gives logits. ``mean_shift``: their
+    Algorithm 1 for an ancestral solver instead, a ``MeanShiftClassifierGuidance`` that also goes in ``constraints``."""
+    from .guidance import ClassifierGuidance, MeanShiftClassifierGuidance
 
     inner = run.denoiser if cfg is None else guided_denoiser(run, cfg)
-    return ClassifierGuidance(inner, classifier, scale, inner_cond=cfg is not None)
+    kind = MeanShiftClassifierGuidance if mean_shift else ClassifierGuidance
+    return kind(inner, classifier, scale, inner_cond=cfg is not None)
 
 
 def low_density_denoiser(run: LoadedRun, classifier: Any, scale: float, *, cfg: float = 1.0,
@@ -466,10 +469,38 @@ def sample_denoiser(
     save_trajectory: bool = False,
     progress: bool = False,
     world: World | None = None,
+    constraints: Sequence[Constraint] = (),
     **options: Any,
 ) -> Solution:
     """Sample ``n`` items with a solver by name at no more than ``nfe`` model calls; DDPM on a model
-    with a variance head uses its learned variance unless ``variance`` is given.
+    with a variance head uses its learned variance unless ``variance`` is given. ``constraints``: the
+    loop's hooks (e.g. a ``MeanShiftClassifierGuidance`` that is also the denoiser). Sharded over a
+    ``world`` of several processes as :func:`sample_sharded`.
+    """
+    if solver_name == "ddpm" and getattr(denoiser, "learns_variance", False):
+        options.setdefault("variance", "learned")
+    solver = make_solver(solver_name, **options)
+    steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
+    g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)
+    return sample_sharded(denoiser, solver, g, info.data_shape, n, seed=seed, cond=cond,
+                          save_trajectory=save_trajectory, progress=progress, world=world, constraints=constraints)
+
+
+def sample_sharded(
+    denoiser: DenoiserLike,
+    solver: Solver,
+    grid: Grid,
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    seed: int = 0,
+    cond: Tensor | None = None,
+    save_trajectory: bool = False,
+    progress: bool = False,
+    world: World | None = None,
+    constraints: Sequence[Constraint] = (),
+) -> Solution:
+    """``n`` samples of ``shape`` by ``solver`` on ``grid``, ``cond`` (n, ...) or None, with the loop's ``constraints``.
 
     With a ``world`` of several processes each rank samples its :func:`shard` of the ``n`` indices
     with those indices' own noise streams (``noise.sample_keys``) and the samples are gathered on
@@ -477,19 +508,14 @@ def sample_denoiser(
     depend on the batch; an adaptive solver's steps follow each shard's own error estimate).
     The trajectory, if saved, is this rank's shard's.
     """
-    if solver_name == "ddpm" and getattr(denoiser, "learns_variance", False):
-        options.setdefault("variance", "learned")
-    solver = make_solver(solver_name, **options)
-    steps = steps_for_nfe(solver, denoiser.schedule, nfe, grid)
-    g = make_grid(grid_rule(solver, grid), denoiser.schedule, steps)
     world = world or World()
     if n < world.size:
         raise ValueError(f"cannot share {n} samples among {world.size} processes; allowed: at least {world.size} samples")
     rows = shard(n, world)
     index = torch.arange(n)[rows]
     sol = sample(
-        denoiser, solver, shape=info.data_shape, batch=index.numel(), grid=g,
+        denoiser, solver, shape=shape, batch=index.numel(), grid=grid,
         seed=sample_keys(seed, index) if world.distributed else seed, cond=None if cond is None else cond[rows],
-        save_trajectory=save_trajectory, progress=progress and world.is_main,
+        save_trajectory=save_trajectory, progress=progress and world.is_main, constraints=constraints,
     )
     return replace(sol, x=gather_rows(sol.x, world)) if world.distributed else sol

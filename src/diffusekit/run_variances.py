@@ -1,5 +1,5 @@
-"""Reverse variances and trajectories of a run folder: what `diffusekit sample --variance/--trajectory`,
-`eval --vlb` and `train RUN --head` do.
+"""Reverse variances and trajectories of a run folder: what `diffusekit sample --variance/--trajectory`
+and `train RUN --head` do, and the variance and trajectory of `eval`'s bound (``evaluate.run_vlb_metric``).
 
 A run folder keeps Analytic-DPM's noise moments (``analytic_moments.json``, estimated on first use
 over the run's training data) and the SN/NPR heads (``head_sn.safetensors``, ``head_npr.safetensors``,
@@ -9,7 +9,6 @@ trained by ``train RUN --head``) next to its checkpoints, so each is made once a
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .data.images import lattice_levels
 from .files import atomic_write
 from .likelihood.analytic import MOMENTS_FILE, NoiseMoments, run_moments
-from .likelihood.trajectory import make_trajectory, trajectory_grid, trajectory_times
-from .likelihood.vlb import LN2, discrete_vlb
-from .pipeline import LoadedRun, load_run, load_training_data
-from .sample import Solution, sample
+from .likelihood.trajectory import TRAJECTORIES, make_trajectory, trajectory_grid
+from .pipeline import LoadedRun, load_run, load_training_data, sample_sharded
+from .sample import Solution
 from .schedules.discrete import DiscreteSchedule
 from .solvers import make_solver
+from .train.distributed import World, barrier
 from .variance_heads import HEAD_KINDS, MomentHead, check_kind, train_head
 from .variances import ReverseVariance, make_variance
 
@@ -70,6 +70,20 @@ def moments_of(run: LoadedRun, run_dir: str | Path, samples: int = 100, seed: in
     return run_moments(run_dir, run.denoiser, x, samples=samples, seed=seed, cond=labels if run.config.data.labels else None)
 
 
+def default_variance(run: LoadedRun) -> str:
+    """The reverse variance a run samples and is bounded with unless told: its learned variance when it has a
+    variance head (Nichol & Dhariwal 2021), else 'small' (beta tilde)."""
+    return "learned" if run.denoiser.learns_variance else "small"
+
+
+def check_bound_setting(variance: str | None, trajectory: str | None) -> None:
+    """Refuse an unknown variance or trajectory name (None: the default) before any work is done."""
+    if variance is not None and variance not in VARIANCE_NAMES:
+        raise ValueError(f"--variance must be one of {', '.join(VARIANCE_NAMES)}, got {variance!r}")
+    if trajectory is not None and trajectory not in TRAJECTORIES:
+        raise ValueError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
+
+
 def run_variance(run: LoadedRun, run_dir: str | Path, name: str, *, eta: float = 1.0,
                  first_step_clip: float | None = None, samples: int = 100) -> ReverseVariance:
     """A reverse variance by name for a run: small, large, analytic (moments), sn / npr (heads), learned."""
@@ -94,52 +108,33 @@ def _bin_width(run: LoadedRun) -> float | None:
     """The data's lattice spacing for image runs (the first-step clip), None for other data."""
     if len(run.info.data_shape) != 3:
         return None
-    from .evaluate import real_data
-
-    levels = real_data(run, 256).levels
+    levels = lattice_levels(load_training_data(run.config)[0][:256], (17, 256))
     return None if levels is None else 2.0 / (levels - 1)
 
 
-def sample_with_variance(run: LoadedRun, run_dir: str | Path, solver: str, variance: str, trajectory: str, k: int,
+def sample_with_variance(run: LoadedRun, run_dir: str | Path, solver: str, variance: str | None, trajectory: str | None, k: int,
                          n: int, *, seed: int = 0, cond: Any = None, progress: bool = True,
-                         denoiser: Any = None, **options: Any) -> Solution:
+                         denoiser: Any = None, constraints: Any = (), world: World | None = None,
+                         **options: Any) -> Solution:
     """``n`` samples by DDPM or DDIM(eta) with ``variance`` on a K-step ``trajectory`` (K model calls), from
-    ``denoiser`` (a guided wrapper of the run's; default the run's own)."""
+    ``denoiser`` (a guided wrapper of the run's; default the run's own), with the loop's ``constraints``.
+    ``variance`` defaults to :func:`default_variance`, ``trajectory`` to even. Sharded over a ``world`` of
+    several processes as ``pipeline.sample_sharded`` (rank 0 estimates and stores missing Analytic-DPM moments first)."""
     if solver not in ANCESTRAL:
         raise ValueError(f"--variance and --trajectory apply to the ancestral samplers ({', '.join(ANCESTRAL)}), got {solver!r}")
     eta = float(options.get("eta", 0.0 if solver == "ddim" else 1.0))
-    rule = run_variance(run, run_dir, variance, eta=eta, first_step_clip=_bin_width(run))
-    idx = run_trajectory(run, run_dir, trajectory, k, eta=eta)
+    world = world or World()
+    if world.distributed and (variance == "analytic" or trajectory == "dp"):
+        _discrete(run)  # refused on every rank, before any waits for rank 0
+        if world.is_main:
+            moments_of(run, run_dir)  # estimated once and stored; the other ranks read the file
+        barrier(world)
+    rule = run_variance(run, run_dir, variance or default_variance(run), eta=eta, first_step_clip=_bin_width(run))
+    idx = run_trajectory(run, run_dir, trajectory or "even", k, eta=eta)
     grid = trajectory_grid(run.denoiser.schedule, idx)
     made = make_solver(solver, **{**options, "variance": rule})
-    return sample(denoiser or run.denoiser, made, shape=run.info.data_shape, batch=n, grid=grid, seed=seed, cond=cond,
-                  progress=progress)
-
-
-def vlb_with_variance(run: LoadedRun, run_dir: str | Path, variance: str, trajectory: str, k: int, n: int, *,
-                      seed: int = 0, batch: int = 64, eta: float = 1.0, progress: bool = True) -> dict[str, Any]:
-    """The bound (Ho et al. 2020, eq. 5) of the sampler with ``variance`` on a K-step ``trajectory``, over
-    ``n`` real items: bits/dim (lattice data, discretised decoder) or nats/dim, with its standard error."""
-    from .evaluate import real_data
-    from .progress import progress_bar
-
-    rule = run_variance(run, run_dir, variance, eta=eta)
-    idx = run_trajectory(run, run_dir, trajectory, k, eta=eta)
-    times = trajectory_times(run.denoiser.schedule, idx)
-    data = real_data(run, n, seed=seed)
-    lattice = {"decoder": "gaussian"} if data.levels is None else {"decoder": "discretized", "n_bits": math.log2(data.levels)}
-    d = data.x[0].numel()
-    per = []
-    for j in progress_bar(range(0, data.x.shape[0], batch), desc="vlb", enabled=progress):
-        xb = data.x[j : j + batch]
-        labels = None if data.labels is None or not run.config.data.labels else data.labels[j : j + batch]
-        per.append(discrete_vlb(run.denoiser, xb, cond=labels, times=times, variance=rule, seed=seed + j, **lattice).total / d)
-    nats = torch.cat(per)
-    values = nats / LN2 if data.levels is not None else nats
-    return {"variance": variance, "trajectory": trajectory, "K": k, "eta": eta, "n": int(values.numel()),
-            "bound": float(values.mean()), "std_error": float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else None,
-            "unit": "bits/dim" if data.levels is not None else "nats/dim", "data": f"{data.dataset} {data.source}",
-            "steps": idx.tolist()}
+    return sample_sharded(denoiser or run.denoiser, made, grid, run.info.data_shape, n, seed=seed, cond=cond,
+                          progress=progress, world=world, constraints=constraints)
 
 
 def train_run_head(run_dir: str | Path, kind: str, *, steps: int = 2000, batch: int = 256, lr: float = 1e-3,
@@ -154,20 +149,3 @@ def train_run_head(run_dir: str | Path, kind: str, *, steps: int = 2000, batch: 
     head = train_head(run.denoiser, x, kind, steps=steps, batch=batch, lr=lr, seed=seed,
                       cond=labels if run.config.data.labels else None, progress=progress)
     return save_head(run_dir, head)
-
-
-def vlb_command(run_dir: str, variance: str, trajectory: str, k: int | None, n: int, seed: int, batch: int,
-                out: str | None, progress: bool = True) -> str:
-    """The body of `diffusekit eval RUN --vlb`: write the bound as JSON (default RUN_DIR/vlb.json), return a line."""
-    from .files import atomic_write_text
-
-    path = Path(out or Path(run_dir) / "vlb.json")
-    if path.suffix.lower() != ".json" or path.is_dir():
-        raise ValueError(f"--out {path}: allowed a file name ending in .json")
-    run = load_run(run_dir)
-    steps = k or run.config.sampling.nfe
-    result = vlb_with_variance(run, run_dir, variance, trajectory, steps, n, seed=seed, batch=batch, progress=progress)
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    se = f" +- {result['std_error']:.4f}" if result["std_error"] is not None else ""
-    return (f"bound {result['bound']:.4f}{se} {result['unit']} ({variance} variance, {trajectory} trajectory, "
-            f"K = {steps}, {result['n']} items of {result['data']}) -> {path}")

@@ -212,7 +212,7 @@ def _run(
         if cache_times is not None:
             cache_times(grid.t[grid.sigma > 0])  # every grid point's coefficients in one call
         ts, alphas, sigmas = grid.t.tolist(), grid.alpha.tolist(), grid.sigma.tolist()
-    ctx = StepContext(model, schedule, noise)
+    ctx = StepContext(model, schedule, noise, solver)
     traj = [x] if save_trajectory else []
     runs = grid.falling_runs()
     bar = progress_bar(total=grid.n_steps, desc=solver.name, leave=False, enabled=progress)

@@ -91,11 +91,16 @@ ModelFn = Callable[[Tensor, "float | Tensor"], Prediction]
 
 @dataclass
 class StepContext:
-    """What a solver may use: the model (NFE-counted), the schedule, and fresh noise on demand."""
+    """What a solver may use: the model (NFE-counted), the schedule, and fresh noise on demand.
+
+    ``solver`` is the solver the loop runs (None where a solver steps another on its own context):
+    a constraint that reads the step's law from it, as Algorithm 1's mean shift reads the
+    ancestral step's variance (``guidance.MeanShiftClassifierGuidance``)."""
 
     model: ModelFn
     schedule: NoiseSchedule
     noise: Callable[[], Tensor]
+    solver: "Solver | None" = None
 
 
 class Constraint(Protocol):

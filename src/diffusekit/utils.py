@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -38,3 +39,13 @@ def check_positive_float(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return value
+
+
+def check_on_device(ok: Tensor, message: Callable[[], str]) -> None:
+    """Refuse bad tensor input without a host sync (for forward passes): ``ok`` (a 0-d bool tensor) goes to a
+    device-side assert, which fails at once on the CPU (re-raised as a ValueError with ``message()``, which may
+    read the values) and, on an accelerator, stops the run at its next synchronisation instead of waiting here."""
+    try:
+        torch._assert_async(ok, "bad input to a forward pass (see the check that failed)")
+    except RuntimeError:
+        raise ValueError(message()) from None

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..parameterization import consistency_name
 from ..pipeline import LoadedRun, load_run
 from .consistency import distill_consistency, train_consistency
 from .progressive import distill_progressive, stage_counts
@@ -47,6 +48,7 @@ def prepare_distill(run_dir: str | Path, method: str, out: str | Path | None, to
     if method == "consistency":
         solver = options.get("solver") or "heun"
         SolverStep(teacher.denoiser, solver)
+        consistency_name(teacher.config.diffusion.parameterization)
         _check_finite_start(teacher, method)
         return teacher, target, lambda progress: distill_consistency(teacher, target, solver=solver, progress=progress,
                                                                      **common)

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Cond, Denoiser, DenoiserLike
-from ..losses.dsm import LossOutput, drop_labels
-from ..parameterization import ConsistencyParam
+from ..losses.dsm import LossOutput, batch_normal, batch_rows, drop_labels
+from ..parameterization import ConsistencyParam, consistency_name
 from ..pipeline import LoadedRun, build_network
 from ..schedules.base import NoiseSchedule
 from ..train.ema import EMA
@@ -45,16 +45,17 @@ TeacherStep = Callable[[Tensor, Tensor, Tensor, Cond], Tensor]
 
 DISTANCES = ("l2", "pseudo_huber")
 TIME_DRAWS = ("uniform", "lognormal")
-S_MAX_CAP = 80.0  # EDM's sigma_max, where a schedule's sigma / alpha is infinite at t_max (flow)
+S_MAX_CAP = 80.0  # EDM's sigma_max, used where a schedule's sigma / alpha is infinite at t_max (flow)
 
 
 def consistency_times(schedule: NoiseSchedule, n: int, sigma_min: float, rho: float = 7.0) -> Tensor:
     """t_1 < ... < t_n (float64): s = sigma / alpha spaced as Karras et al. 2022, eq. 5, from ``sigma_min`` to
-    s(t_max) (at most 80), the discretisation of Song et al. 2023, App. C; times clamped to the schedule's range."""
+    s(t_max), where consistency sampling starts (80 where s(t_max) is infinite), the discretisation of Song et al.
+    2023, App. C; times clamped to the schedule's range."""
     if not (isinstance(n, int) and n >= 2):
         raise ValueError(f"a consistency discretisation needs n >= 2 noise levels, got {n!r}")
     a, s = schedule.alpha_sigma(torch.tensor(schedule.t_max, dtype=torch.float64))
-    s_max = min(float(s / a) if float(a) > 0 else math.inf, S_MAX_CAP)
+    s_max = float(s / a) if float(a) > 0 else S_MAX_CAP  # the top level is where sampling starts (t_max)
     u = torch.linspace(0, 1, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), s_max ** (1 / rho)
     levels = (lo + u * (hi - lo)) ** rho
@@ -150,19 +151,21 @@ class ConsistencyLoss:
             return denoiser
         return Denoiser(self._ema.module, denoiser.schedule, denoiser.parameterization)  # type: ignore[attr-defined]
 
-    def __call__(self, denoiser: DenoiserLike, x0: Tensor, cond: Cond = None,
-                 generator: torch.Generator | None = None) -> LossOutput:
+    def __call__(self, denoiser: DenoiserLike, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,
+                 offset: int = 0, global_batch: int | None = None) -> LossOutput:
+        """The loss of a batch; ``offset``/``global_batch``: these rows of a larger batch whose draws (dropout,
+        level index, noise, in that order) are made whole, as ``DSMLoss`` (data-parallel ranks, micro-batches)."""
         device = generator.device if generator is not None else x0.device
-        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
+        n, rows = batch_rows(x0.shape[0], offset, global_batch)
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n)
         t, s = self._levels()
-        b = x0.shape[0]
         if self.time == "uniform":
-            idx = torch.randint(0, t.numel() - 1, (b,), generator=generator, device=device).cpu()
+            idx = torch.randint(0, t.numel() - 1, (n,), generator=generator, device=device)[rows].cpu()
         else:
             probs = lognormal_index_probs(s).to(device)
-            idx = torch.multinomial(probs, b, replacement=True, generator=generator).cpu()
+            idx = torch.multinomial(probs, n, replacement=True, generator=generator)[rows].cpu()
         t_lo, t_hi = t[idx], t[idx + 1]
-        z = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        z = batch_normal(x0, n, rows, generator, device)
         x_hi = self.schedule.add_noise(x0, t_hi.to(x0.device), z)
         with torch.no_grad():
             if self.teacher is not None:
@@ -186,13 +189,16 @@ def distill_consistency(teacher: LoadedRun, out: str | Path, *, to: int = 1, ste
                         n: int = 18, mu: float = 0.95, lr: float = 2e-4, progress: bool = True) -> Path:
     """Consistency distillation of a run (Song et al. 2023, Alg. 2) into the run folder ``out``: a student
     initialised with the teacher's weights, the boundary preconditioning, one ``solver`` step of the teacher
-    as the ODE step; it samples with the consistency solver on ``to`` steps."""
+    as the ODE step; it samples with the consistency solver on ``to`` steps. The boundary preconditioning wraps
+    the teacher's own parameterization (``consistency_<teacher's>``), so the student starts as the teacher's
+    denoiser."""
     p, null = label_dropout(teacher)
-    student = student_of(teacher.denoiser, ConsistencyParam())
+    param = consistency_name(teacher.config.diffusion.parameterization)
+    cfg = student_config(teacher.config, name=f"{teacher.config.name}-consistency", steps=steps, solver="consistency",
+                         nfe=to, grid="uniform_angle", lr=lr, parameterization=param)
+    student = student_of(teacher.denoiser, cfg, teacher.info, param)
     loss = ConsistencyLoss(student.schedule, SolverStep(teacher.denoiser, solver), student.net, mu=mu, n=n,
                            label_dropout=p, null_label=null)
-    cfg = student_config(teacher.config, name=f"{teacher.config.name}-consistency", steps=steps, solver="consistency",
-                         nfe=to, grid="uniform_angle", lr=lr, parameterization="consistency")
     train_student(cfg, teacher.info, student, data_loader(cfg), loss, out,
                   {"method": "consistency", "teacher_solver": solver, "n": n, "mu": mu}, progress=progress)
     return Path(out)

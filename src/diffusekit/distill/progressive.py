@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Cond, Denoiser, DenoiserLike
-from ..losses.dsm import LossOutput, drop_labels, dsm_loss
+from ..losses.dsm import LossOutput, batch_normal, batch_rows, drop_labels, dsm_loss
 from ..losses.weighting import Weighting, make_weighting
 from ..schedules.base import NoiseSchedule
 from ..stepping import Solver
@@ -85,12 +85,15 @@ class ProgressiveLoss:
         x, eps = progressive_target(self.teacher.schedule, z_t, t, z_next, t_next)
         return x, eps, t
 
-    def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Cond = None,
-                 generator: torch.Generator | None = None) -> LossOutput:
+    def __call__(self, denoiser: Denoiser, x0: Tensor, cond: Cond = None, generator: torch.Generator | None = None,
+                 offset: int = 0, global_batch: int | None = None) -> LossOutput:
+        """The loss of a batch; ``offset``/``global_batch``: these rows of a larger batch whose draws (dropout,
+        interval, noise, in that order) are made whole, as ``DSMLoss`` (data-parallel ranks, micro-batches)."""
         device = generator.device if generator is not None else x0.device
-        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
-        i = torch.randint(0, self.n_student, (x0.shape[0],), generator=generator, device=device).cpu()
-        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        n, rows = batch_rows(x0.shape[0], offset, global_batch)
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n)
+        i = torch.randint(0, self.n_student, (n,), generator=generator, device=device)[rows].cpu()
+        noise = batch_normal(x0, n, rows, generator, device)
         t = self._times[0][i]
         z_t = self.teacher.schedule.add_noise(x0, t.to(x0.device), noise)
         x, eps, _ = self.target(z_t, i, cond)
@@ -115,7 +118,7 @@ def distill_progressive(teacher: LoadedRun, out: str | Path, *, to: int, start: 
         cfg = student_config(teacher.config, name=f"{teacher.config.name}-progressive-{n}", steps=steps, solver="ddim",
                              nfe=n, grid=grid, lr=lr)
         loss = ProgressiveLoss(current, n, grid=grid, label_dropout=p, null_label=null)
-        trainer = train_student(cfg, teacher.info, student_of(current), data_loader(cfg), loss, folder,
+        trainer = train_student(cfg, teacher.info, student_of(current, cfg, teacher.info), data_loader(cfg), loss, folder,
                                 {"method": "progressive", "teacher_steps": 2 * n, "student_steps": n, "grid": grid},
                                 progress=progress)
         current = trainer.ema_denoiser.eval()

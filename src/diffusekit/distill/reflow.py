@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..denoiser import Cond, Denoiser, DenoiserLike
 from ..files import atomic_write, atomic_write_text
-from ..losses.dsm import LossOutput, drop_labels, dsm_loss
+from ..losses.dsm import LossOutput, batch_rows, drop_labels, dsm_loss
 from ..losses.time_sampling import TimeSampler, make_time_sampler
 from ..losses.weighting import Weighting, make_weighting
 from ..noise import NoiseSource
@@ -106,15 +106,18 @@ class ReflowLoss:
         object.__setattr__(self, "weighting", make_weighting(self.weighting))
         object.__setattr__(self, "time", make_time_sampler(self.time))
 
-    def __call__(self, denoiser: Denoiser, pairs: Tensor, cond: Cond = None,
-                 generator: torch.Generator | None = None) -> LossOutput:
+    def __call__(self, denoiser: Denoiser, pairs: Tensor, cond: Cond = None, generator: torch.Generator | None = None,
+                 offset: int = 0, global_batch: int | None = None) -> LossOutput:
+        """The loss of a batch; ``offset``/``global_batch``: these rows of a larger batch whose draws (t, dropout)
+        are made whole, as ``DSMLoss`` (data-parallel ranks, micro-batches)."""
         x0, z = pairs[:, 0], pairs[:, 1]
         schedule = denoiser.schedule
+        n, rows = batch_rows(x0.shape[0], offset, global_batch)
         if self.one_step:
             t = torch.full((x0.shape[0],), schedule.t_max, dtype=torch.float64, device=x0.device)
         else:
-            t = self.time(x0.shape[0], schedule, generator, x0.device, torch.float64)  # type: ignore[operator]
-        cond = drop_labels(cond, self.label_dropout, self.null_label, generator)
+            t = self.time(n, schedule, generator, x0.device, torch.float64)[rows]  # type: ignore[operator]
+        cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n)
         per_sample = dsm_loss(denoiser, x0, t, z, self.weighting, cond)
         return LossOutput(per_sample.mean(), per_sample, t)
 
@@ -171,7 +174,7 @@ def distill_reflow(teacher: LoadedRun, out: str | Path, *, rounds: int = 1, to: 
         pairs, labels = load_couplings(pairs_dir)
         cfg = student_config(teacher.config, name=f"{teacher.config.name}-{label}", steps=steps, solver="euler",
                              nfe=1 if distill else to, grid="uniform_t", lr=lr)
-        trainer = train_student(cfg, teacher.info, student_of(current), data_loader(cfg, pairs, labels),
+        trainer = train_student(cfg, teacher.info, student_of(current, cfg, teacher.info), data_loader(cfg, pairs, labels),
                                 ReflowLoss(one_step=distill, label_dropout=p, null_label=null), folder,
                                 {"method": "reflow", "stage": label, "couplings": couplings, "coupling_nfe": nfe},
                                 progress=progress)

@@ -3,14 +3,15 @@
 A student is written like any trained run -- ``config.toml``, ``run.json``, ``checkpoints/``,
 ``metrics.jsonl``, ``loss.png`` -- so ``sample``, ``eval``, guidance and the tasks load it with
 ``pipeline.load_run``. Its config records its own sampler (``sampling.solver``, ``sampling.nfe`` =
-its step count, ``sampling.grid``) and, for consistency models, its parameterization; ``distill.json``
+its step count, ``sampling.grid``) and, for consistency models, its parameterization. A student has no
+reverse-variance head: a teacher's head (Nichol & Dhariwal 2021) belongs to the teacher's one-step
+posterior, which no distillation loss trains, so the student keeps only the mean output; ``distill.json``
 records where it came from (method, teacher, settings, CPU seconds). Training a student is the library's
 ``Trainer`` with a distillation loss; an interrupted student resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -22,16 +23,19 @@ from ..config import RunConfig
 from ..data import ArrayLoader
 from ..denoiser import Denoiser
 from ..files import atomic_write_text
-from ..pipeline import LoadedRun, RunInfo, load_training_data, run_meta
+from ..denoiser import device_of
+from ..pipeline import LoadedRun, RunInfo, build_network, load_training_data, run_meta
 from ..train import TrainConfig, Trainer
 
 
 def student_config(teacher: RunConfig, *, name: str, steps: int, solver: str, nfe: int, grid: str | None,
                    lr: float, parameterization: str | None = None, schedule: str | None = None) -> RunConfig:
     """The teacher's config with the student's name, training length, learning rate (constant, no warm-up),
-    sampler and, where it changes, parameterization and schedule."""
+    sampler, no variance head (so the plain loss) and, where it changes, parameterization and schedule."""
     d = teacher.to_dict()
     d.update(name=name, steps=steps)
+    d["model"]["learn_variance"] = False
+    d["diffusion"]["loss"] = "simple"
     d["optim"].update(lr=lr, warmup_steps=0, lr_schedule="constant")
     d["sampling"] = {"solver": solver, "nfe": nfe} | ({"grid": grid} if grid is not None else {})
     if parameterization is not None:
@@ -41,9 +45,15 @@ def student_config(teacher: RunConfig, *, name: str, steps: int, solver: str, nf
     return RunConfig.from_dict(d)
 
 
-def student_of(teacher: Denoiser, parameterization: str | None = None) -> Denoiser:
-    """A student initialised with the teacher's weights (Salimans & Ho 2022; Song et al. 2023, sec. 4)."""
-    net = copy.deepcopy(teacher.net).requires_grad_(True).train()  # the teacher may be a frozen EMA copy
+def student_of(teacher: Denoiser, cfg: RunConfig, info: RunInfo, parameterization: str | None = None) -> Denoiser:
+    """A student (the network of ``cfg``) initialised with the teacher's weights (Salimans & Ho 2022; Song et al.
+    2023, sec. 4); of a variance head's output layer (2C outputs) it keeps the mean half, the first C."""
+    net = build_network(cfg, info)
+    own = net.state_dict()
+    weights = {k: v[: own[k].shape[0]] if v.shape[1:] == own[k].shape[1:] and v.shape[0] == 2 * own[k].shape[0] else v
+               for k, v in teacher.net.state_dict().items()}  # type: ignore[union-attr]
+    net.load_state_dict(weights)
+    net.to(device_of(teacher)).requires_grad_(True).train()  # the teacher may be a frozen EMA copy
     return Denoiser(net, teacher.schedule, parameterization or teacher.parameterization)
 
 

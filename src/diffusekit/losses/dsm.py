@@ -106,6 +106,14 @@ def batch_rows(b: int, offset: int, global_batch: int | None) -> tuple[int, slic
     return n, slice(offset, offset + b)
 
 
+def batch_normal(like: Tensor, n: int, rows: slice, generator: torch.Generator | None = None,
+                 device: torch.device | None = None) -> Tensor:
+    """eps ~ N(0, I) drawn for a global batch of ``n`` rows shaped like ``like``'s (on ``device``, default
+    ``like``'s), cut to ``rows`` (see :func:`batch_rows`) and put on ``like``'s device and dtype."""
+    eps = torch.randn((n, *like.shape[1:]), generator=generator, device=device or like.device, dtype=like.dtype)
+    return eps[rows].to(like.device)
+
+
 def check_label_dropout(p: float) -> None:
     """A condition-dropout probability in [0, 1)."""
     if not 0.0 <= p < 1.0:
@@ -166,7 +174,7 @@ class DSMLoss:
         n, rows = batch_rows(x0.shape[0], offset, global_batch)
         time_dtype = torch.float32 if x0.device.type == "mps" else torch.float64
         t = self.time(n, schedule, generator, x0.device, time_dtype)[rows]  # type: ignore[operator]
-        noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+        noise = batch_normal(x0, n, rows, generator)
         cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n)
         per_sample = dsm_loss(denoiser, x0, t, noise, self.weighting, cond)
         if self.importance:

@@ -36,7 +36,7 @@ from ..likelihood.vlb import Transitions, decoder_nll, posterior_kl, transitions
 from ..parameterization import Prediction
 from ..schedules.base import NoiseSchedule
 from ..utils import append_dims
-from .dsm import LossOutput, batch_rows, check_label_dropout, drop_labels, weighted_error
+from .dsm import LossOutput, batch_normal, batch_rows, check_label_dropout, drop_labels, weighted_error
 from .importance import ImportanceTimeSampler
 from .time_sampling import make_time_sampler, num_steps, step_index
 from .weighting import Weighting, make_weighting
@@ -148,7 +148,7 @@ class HybridLoss:
         n_rows, rows = batch_rows(x0.shape[0], offset, global_batch)
         sampler = self.importance or make_time_sampler("discrete")
         t = sampler(n_rows, schedule, generator, x0.device, torch.float64)[rows]
-        noise = torch.randn((n_rows, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+        noise = batch_normal(x0, n_rows, rows, generator)
         cond = drop_labels(cond, self.label_dropout, self.null_label, generator, rows, n_rows)
         per_sample = self.per_time(denoiser, x0, t, noise, cond, table)
         if self.importance is not None:

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..utils import check_on_device
+
 __all__ = [
     "EmbeddingKind",
     "SinusoidalEmbedding",
@@ -152,7 +154,8 @@ class ClassEmbedding(nn.Module):
         return self.num_classes
 
     def forward(self, cond: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """Embed labels (B,) in ``[0, num_classes]`` into (B, dim)."""
+        """Embed labels (B,) in ``[0, num_classes]`` into (B, dim). Labels out of range are refused without a
+        host sync (``utils.check_on_device``): at once on the CPU, at the next synchronisation on a GPU."""
         if cond is None:
             cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         else:
@@ -161,11 +164,9 @@ class ClassEmbedding(nn.Module):
             cond = cond.reshape(-1).long()
             if cond.numel() != batch:
                 raise ValueError(f"cond must have shape ({batch},), got {tuple(cond.shape)}")
-            if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) > self.num_classes):
-                raise ValueError(
-                    f"class labels must be in [0, {self.num_classes}] ({self.num_classes} = null label), "
-                    f"got range [{int(cond.min())}, {int(cond.max())}]"
-                )
+            check_on_device(((cond >= 0) & (cond <= self.num_classes)).all(), lambda: (
+                f"class labels must be in [0, {self.num_classes}] ({self.num_classes} = null label), "
+                f"got range [{int(cond.min())}, {int(cond.max())}]"))
         return self.table(cond)
 
 
@@ -189,7 +190,8 @@ class VectorEmbedding(nn.Module):
         self.null = nn.Parameter(torch.zeros(dim))
 
     def forward(self, cond: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """Embed conditions (B, cond_dim) (NaN rows: null) into (B, dim)."""
+        """Embed conditions (B, cond_dim) (NaN rows: null) into (B, dim); a partly-NaN row is refused without a
+        host sync (``utils.check_on_device``)."""
         if cond is None:
             return self.null.expand(batch, -1)
         if not torch.is_floating_point(cond) or cond.shape != (batch, self.cond_dim):
@@ -197,7 +199,7 @@ class VectorEmbedding(nn.Module):
                              f"got {cond.dtype} {tuple(cond.shape)}")
         nan = cond.isnan()
         null = nan.all(1)
-        if bool((nan.any(1) & ~null).any()):
-            raise ValueError("a condition row is either all NaN (the null condition) or has no NaN")
+        check_on_device(~(nan.any(1) & ~null).any(),
+                        lambda: "a condition row is either all NaN (the null condition) or has no NaN")
         emb = self.mlp(torch.where(null[:, None], torch.zeros_like(cond), cond).to(self.null.dtype))
         return torch.where(null[:, None], self.null.to(emb.dtype), emb)

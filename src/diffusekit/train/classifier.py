@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..denoiser import Cond
 from ..files import atomic_write_text
-from ..losses.dsm import LossOutput
+from ..losses.dsm import LossOutput, batch_normal, batch_rows
 from ..losses.time_sampling import TimeSampler, make_time_sampler
 from ..models.noisy_classifier import NoisyClassifier, TimeClassifier
 from ..schedules.base import NoiseSchedule
@@ -37,7 +37,9 @@ _SETTINGS = "classifier.json"
 class ClassifierLoss:
     """Cross-entropy -log p_theta(y | x_t, t) with t ~ p(t) (``time``) and x_t ~ q(x_t | x0).
 
-    Random draws, in order: t (B variates), then eps (like x0), from ``generator``.
+    Random draws, in order: t (B variates), then eps (like x0), from ``generator``; ``x0`` may be rows
+    ``offset`` to ``offset + B`` of a global batch of ``global_batch`` rows (a data-parallel shard, a micro-batch),
+    whose draws are made whole and cut, as ``DSMLoss``'s.
     """
 
     time: str | TimeSampler = "uniform"
@@ -46,12 +48,14 @@ class ClassifierLoss:
         object.__setattr__(self, "time", make_time_sampler(self.time))
 
     def __call__(self, model: TimeClassifier, x0: Tensor, cond: Cond = None,
-                 generator: torch.Generator | None = None) -> LossOutput:
+                 generator: torch.Generator | None = None, offset: int = 0,
+                 global_batch: int | None = None) -> LossOutput:
         if not isinstance(cond, Tensor) or cond.is_floating_point() or cond.shape != (x0.shape[0],):
             raise ValueError(f"the classifier loss needs ({x0.shape[0]},) integer labels, got {cond!r:.60}")
         schedule = model.schedule
-        t = self.time(x0.shape[0], schedule, generator, x0.device, torch.float64)  # type: ignore[operator]
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        n, rows = batch_rows(x0.shape[0], offset, global_batch)
+        t = self.time(n, schedule, generator, x0.device, torch.float64)[rows]  # type: ignore[operator]
+        noise = batch_normal(x0, n, rows, generator)
         per_sample = F.cross_entropy(model(schedule.add_noise(x0, t, noise), t), cond, reduction="none")
         return LossOutput(per_sample.mean(), per_sample, t)
 

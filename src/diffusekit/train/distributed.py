@@ -145,6 +145,12 @@ def all_mean(x: Tensor, world: World) -> Tensor:
     return y / world.size
 
 
+def barrier(world: World) -> None:
+    """Wait until every rank gets here (nothing to wait for on a world of one)."""
+    if world.distributed:
+        dist.barrier()
+
+
 def any_rank(flag: bool, world: World) -> bool:
     """True on every rank if ``flag`` is true on any rank (e.g. a stop request)."""
     if not world.distributed:
@@ -154,5 +160,5 @@ def any_rank(flag: bool, world: World) -> bool:
     return bool(t.item())
 
 
-__all__ = ["World", "all_mean", "any_rank", "close_world", "distributed_world", "gather_array", "gather_rows",
+__all__ = ["World", "all_mean", "any_rank", "barrier", "close_world", "distributed_world", "gather_array", "gather_rows",
            "init_world", "per_rank_batch", "shard", "world_from_env"]
