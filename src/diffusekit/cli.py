@@ -206,11 +206,15 @@ def _interval(text: str | None) -> tuple[float, float] | None:
                    "+ s Sigma grad log p (Dhariwal & Nichol's Algorithm 1; ddpm, the default then, or ddim eta > 0)")
 @click.option("--variance", default=None, help="ddpm/ddim reverse variance: analytic, sn, npr, small, large, learned")
 @click.option("--trajectory", default=None, help="ddpm/ddim K-step trajectory (K = --nfe): even, quadratic, dp")
+@click.option("--threshold", default=None, metavar="clip|dynamic",
+              help="x0 estimate kept in the data range at every call: clip to [-1, 1] (Ho et al. 2020) or dynamic "
+                   "thresholding (Saharia et al. 2022); for image runs whose samples show speckle")
 @click.option("--out", default=None, help="output file: .npy (any data) or .png (images)")
 def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
            options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None, interval: str | None,
            rescale: float | None, classifier: str | None, energy: str | None, guide_scale: float | None,
-           form: str | None, variance: str | None, trajectory: str | None, out: str | None) -> None:
+           form: str | None, variance: str | None, trajectory: str | None, threshold: str | None,
+           out: str | None) -> None:
     """Sample from a trained run folder; class-conditional runs by class, with classifier-free, classifier
     or low-density guidance; DDPM/DDIM with an optimal or learned reverse variance on a chosen trajectory.
     Under torchrun, each process samples its share of the seeds (the same samples as one process)."""
@@ -218,14 +222,14 @@ def sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: 
 
     with distributed_world() as world:
         _sample(run_dir, solver, nfe, count, seed, grid, options, which, vector, scale, interval, rescale,
-                classifier, energy, guide_scale, form, variance, trajectory, out, world)
+                classifier, energy, guide_scale, form, variance, trajectory, threshold, out, world)
 
 
 def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed: int, grid: str | None,
             options: tuple[str, ...], which: str | None, vector: str | None, scale: float | None,
             interval: str | None, rescale: float | None, classifier: str | None, energy: str | None,
             guide_scale: float | None, form: str | None, variance: str | None, trajectory: str | None,
-            out: str | None, world: Any) -> None:
+            threshold: str | None, out: str | None, world: Any) -> None:
     import numpy as np
 
     from .files import atomic_write
@@ -235,9 +239,11 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
     from .pipeline import class_count, load_run, lowres_factor, sample_denoiser
     from .sample import grid_rule
     from .solvers import make_solver
+    from .solvers.constraints import THRESHOLDING
 
     try:
         opts = _key_values(options, "--option")
+        kept_in_range = [] if threshold is None else [THRESHOLDING.get(threshold)()]
         run = load_run(run_dir)
         if lowres_factor(run.config) is not None:
             raise ValueError(f"{run_dir} is an SR3 super-resolution run; allowed: diffusekit superres {run_dir} INPUT")
@@ -262,6 +268,7 @@ def _sample(run_dir: str, solver: str | None, nfe: int | None, count: int, seed:
         denoiser, constraints, note = guided_from_options(
             run, run_dir, which=which if vector is None else vector, cfg=scale, interval=_interval(interval),
             rescale=rescale, classifier=classifier, energy=energy, scale=guide_scale, form=form)
+        constraints = [*kept_in_range, *constraints]
         path = _output_path(out, Path(run_dir), run.info.data_shape)
     except _INPUT_ERRORS as e:
         _refuse(e)
