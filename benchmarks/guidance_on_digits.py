@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--fid-per-class", type=int, default=None, help="Fashion: samples per class in the FID "
                     "(the first of --per-class; default all)")
     ap.add_argument("--scales", default=None, help="comma-separated w values (default: the data set's)")
+    ap.add_argument("--tag", default="", help="suffix of the results files (results/guidance_DATA{TAG}.*)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,7 +131,7 @@ def main() -> None:
         if setting.fid:
             for_fid.append(per_class[:, :n_fid].flatten(0, 1))
         print({k: v for k, v in row.items() if k not in ("accuracy", "confidence")}, flush=True)
-        data = {"data": args.data, "run": path, "steps_trained": run.meta.get("step"), "solver": solver, "nfe": nfe,
+        data = {"data": args.data, "tag": args.tag, "run": path, "steps_trained": run.meta.get("step"), "solver": solver, "nfe": nfe,
                 "per_class": args.per_class, "fid_per_class": n_fid if setting.fid else None,
                 "p_uncond": run.config.diffusion.p_uncond, "seconds": round(time.time() - start, 1), "rows": rows}
         write(data, setting, shown)  # after every scale, so a cut-short run keeps its rows
@@ -145,9 +146,9 @@ def main() -> None:
 
 
 def write(data: dict, setting: Setting, shown: list[torch.Tensor]) -> None:
-    """``results/guidance_{data}.{json,md,png}``: the rows so far, their tables and the grid."""
+    """``results/guidance_{data}{tag}.{json,md,png}``: the rows so far, their tables and the grid."""
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"guidance_{data['data']}"
+    stem = RESULTS / f"guidance_{data['data']}{data['tag']}"
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
     grid = torch.cat(shown, dim=1)  # (classes, scales * SHOWN, C, H, W)
     save_image_grid(grid.flatten(0, 1), stem.with_suffix(".png"), nrow=grid.shape[1], scale=4,
